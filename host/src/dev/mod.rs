@@ -1,0 +1,6 @@
+//! Working from a source checkout: building the workspace's plugin crates
+//! into components, for `allot dev`, the tests and the benchmarks.
+
+mod build;
+
+pub use build::{BuildError, PLUGIN_PROFILE, WASM_TARGET, build_plugins, workspace_root};

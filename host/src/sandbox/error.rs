@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use super::Problem;
+
+/// What can go wrong loading or running a plugin.
+///
+/// None of these is retryable as such: the same plugin given the same input
+/// fails the same way. A caller that gets one for a command rejects that
+/// command; the pool itself is rebuilt (see [`super::LivePool`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a WebAssembly component.
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+
+    /// The component is a capacity type for a contract this host does not speak.
+    #[error(
+        "the component implements contract allot:capacity@{found}, but this host accepts {}; \
+         rebuild it with an allot-sdk for one of those",
+        super::ACCEPTED_CONTRACTS.join(", ")
+    )]
+    WrongContract {
+        /// The contract version the component exports.
+        found: String,
+    },
+
+    /// The component does not export the capacity-type interface at all.
+    #[error(
+        "not an Allot capacity type: it exports no allot:capacity/decider (it exports: {exports})"
+    )]
+    NotACapacityType {
+        /// What it exports instead.
+        exports: String,
+    },
+
+    /// The component needs something the sandbox does not provide.
+    #[error("the component cannot be linked: {0}")]
+    Link(String),
+
+    /// The component trapped or misbehaved while starting.
+    #[error("the plugin failed to start: {0}")]
+    Start(String),
+
+    /// A call ran past its deadline.
+    #[error("plugin call `{call}` ran past its deadline of {limit:?}")]
+    Timeout {
+        /// The call.
+        call: &'static str,
+        /// The deadline.
+        limit: Duration,
+    },
+
+    /// A call tried to grow memory past the cap.
+    #[error("plugin call `{call}` tried to use more than {limit} bytes of memory")]
+    MemoryLimit {
+        /// The call.
+        call: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+
+    /// A call trapped: a panic, an `unreachable`, an out-of-bounds access.
+    #[error("plugin call `{call}` trapped: {message}")]
+    Trap {
+        /// The call.
+        call: &'static str,
+        /// The trap and, for a panic, the panic message.
+        message: String,
+    },
+
+    /// A call returned something that breaks the contract.
+    #[error("plugin call `{call}` returned malformed output: {reason}")]
+    BadOutput {
+        /// The call.
+        call: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// The plugin could not fold an event into the state. The event came
+    /// from the plugin's own decisions, so this is a plugin fault.
+    #[error("the plugin refused to apply an event: {0}")]
+    Apply(Problem),
+
+    /// The instance failed earlier and cannot be called again.
+    #[error("the pool's plugin instance failed earlier and must be rebuilt")]
+    Poisoned,
+
+    /// The pool could not be rebuilt after a plugin fault; it refuses
+    /// commands until an operator acts.
+    #[error("the pool failed and cannot be rebuilt: {0}")]
+    Failed(String),
+}
+
+/// Results of the sandbox.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
