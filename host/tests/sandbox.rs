@@ -414,9 +414,17 @@ fn a_component_for_another_contract_is_refused() {
 #[test]
 fn garbage_bytes_are_refused() {
     let error = Plugin::load(&engine(), b"definitely not wasm").unwrap_err();
-    assert!(matches!(error, Error::NotAComponent(_)), "{error}");
-    // A core module is wasm, but not a component.
+    assert!(
+        matches!(&error, Error::NotAComponent(m) if m.contains("magic number")),
+        "{error}"
+    );
     let error = Plugin::load(&engine(), b"\0asm\x01\0\0\0").unwrap_err();
+    assert!(
+        matches!(&error, Error::NotAComponent(m) if m.contains("core WebAssembly module")),
+        "{error}"
+    );
+    // A component header followed by junk is refused by the parser.
+    let error = Plugin::load(&engine(), b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap_err();
     assert!(matches!(error, Error::NotAComponent(_)), "{error}");
 }
 

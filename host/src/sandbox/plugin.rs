@@ -54,6 +54,7 @@ impl Plugin {
     #[tracing::instrument(skip_all, fields(bytes = bytes.len()))]
     pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Arc<Self>> {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        check_header(bytes)?;
         let component = Component::new(engine.wasmtime(), bytes)
             .map_err(|e| Error::NotAComponent(format!("{e:#}")))?;
         let contract = contract_version(engine, &component)?;
@@ -107,6 +108,28 @@ impl Plugin {
     pub(crate) fn pre(&self) -> &CapacityTypePre<super::store::StoreState> {
         &self.pre
     }
+}
+
+/// Names the two common mistakes before the parser does, in words: a file
+/// that is no wasm at all, and a core module built for a target without the
+/// component model.
+fn check_header(bytes: &[u8]) -> Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: &[u8] = &[1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Err(Error::NotAComponent(
+            "the bytes do not start with the WebAssembly magic number; is this a .wasm file?"
+                .into(),
+        ));
+    }
+    if bytes.get(4..8) == Some(CORE_MODULE) {
+        return Err(Error::NotAComponent(
+            "this is a core WebAssembly module, not a component; build the plugin with \
+             `--target wasm32-wasip2`"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Finds the decider the component exports and checks its version, so that a
