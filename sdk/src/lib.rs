@@ -83,8 +83,9 @@
 //!             return Err(Failure::invalid("invalid_seats", "reserve at least one seat"));
 //!         }
 //!         let used: u64 = state.taken.values().sum();
-//!         if used + request.seats > state.capacity {
-//!             return Err(Failure::rejected("sold_out", format!("{} seats left", state.capacity - used)));
+//!         let left = state.capacity.saturating_sub(used);
+//!         if request.seats > left {
+//!             return Err(Failure::rejected("sold_out", format!("{left} seats left")));
 //!         }
 //!         Ok(vec![Event::Reserved { id: id.into(), seats: request.seats }])
 //!     }
@@ -170,8 +171,9 @@
 //! $ cargo build --release --target wasm32-wasip2
 //! ```
 //!
-//! The component is `target/wasm32-wasip2/release/<crate>.wasm`. Its name and
-//! version are those of your crate.
+//! The component is `target/wasm32-wasip2/release/<crate_name>.wasm` (the
+//! crate's name with `-` turned into `_`). Its name and version as the host
+//! sees them are those of your crate.
 //!
 //! # Rules of the sandbox
 //!
@@ -179,6 +181,13 @@
 //!   network or environment, and its random numbers are fixed.
 //! * `apply` must be deterministic and must not fail: it folds facts that
 //!   already happened. Refuse things in `decide`.
+//! * Iterate `BTreeMap`s, not `HashMap`s, wherever the order can reach an event
+//!   or a view: a rebuilt instance may hash differently from the one before.
+//! * Guard arithmetic on amounts that come from requests (`saturating_sub`,
+//!   `checked_add`): plugins are built with overflow checks, so an overflow
+//!   fails the command instead of deciding on a wrapped number.
+//! * Roles: the host decides who may send which commands (checkout cannot
+//!   change capacity). [`Context::role`] is there for rules that need more.
 //! * Every call runs under a deadline and a memory cap. A panic, an endless
 //!   loop or runaway memory fails that command only; the host rebuilds the
 //!   pool's state from its events.

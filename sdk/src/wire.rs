@@ -63,7 +63,9 @@ fn parse_custom<T: CapacityType>(name: &str, payload: &str) -> Result<T::Command
     let tagged = serde_json::Value::Object([(name.to_owned(), payload)].into_iter().collect());
     serde_json::from_value(tagged).map_err(|e| {
         let message = e.to_string();
-        if message.starts_with("unknown variant") || message.contains("has no commands") {
+        if message.starts_with(&format!("unknown variant `{name}`"))
+            || message.contains("has no commands")
+        {
             Failure::invalid(
                 "unknown_command",
                 format!("{} has no command `{name}`", T::CAPACITY_TYPE),

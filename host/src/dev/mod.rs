@@ -1,5 +1,5 @@
 //! Working from a source checkout: building the workspace's plugin crates
-//! into components, for `allot dev`, the tests and the benchmarks.
+//! into components, for `allot plugins build`, the tests and the benchmarks.
 
 mod build;
 

@@ -126,8 +126,10 @@ impl Engine {
 
 /// WASI that grants nothing: no files, no network, no environment or
 /// arguments, output streams that go nowhere, a clock stopped at the epoch and
-/// fixed "random" bytes. Plugins take time from the command's context; fixed
-/// randomness keeps hash-map iteration, and so decisions, reproducible.
+/// fixed "random" bytes. Plugins take time from the command's context. Fixed
+/// bytes make runs more alike but not identical (a rebuilt instance has made
+/// fewer calls), which is why the SDK tells authors not to let hash-map order
+/// reach a decision.
 fn wasi_context() -> wasmtime_wasi::WasiCtx {
     WasiCtxBuilder::new()
         .allow_tcp(false)

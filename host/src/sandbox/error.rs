@@ -4,9 +4,10 @@ use super::Problem;
 
 /// What can go wrong loading or running a plugin.
 ///
-/// None of these is retryable as such: the same plugin given the same input
-/// fails the same way. A caller that gets one for a command rejects that
-/// command; the pool itself is rebuilt (see [`super::LivePool`]).
+/// A caller that gets one for a command rejects that command; the pool itself
+/// is rebuilt (see [`super::LivePool`]). Only a timeout may be worth a retry:
+/// the deadline is wall-clock time, which a loaded machine can run out of.
+/// Everything else fails the same way again for the same input.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The bytes are not a WebAssembly component.
@@ -90,6 +91,19 @@ pub enum Error {
     /// commands until an operator acts.
     #[error("the pool failed and cannot be rebuilt: {0}")]
     Failed(String),
+}
+
+impl Error {
+    /// Whether the same command may succeed if sent again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// Whether the instance that returned this error can no longer be trusted
+    /// and must be rebuilt. Malformed output leaves the state untouched.
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, Error::BadOutput { .. })
+    }
 }
 
 /// Results of the sandbox.

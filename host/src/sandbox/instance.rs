@@ -211,6 +211,7 @@ impl PoolInstance {
             return Err(Error::Poisoned);
         }
         begin(&self.plugin, &mut self.store);
+        // Any trap poisons: wasm makes no promise about the state it leaves.
         f(&mut self.store, &self.bindings, self.pool).map_err(|e| {
             self.poisoned = true;
             classify(&self.plugin, &self.store, name, e)

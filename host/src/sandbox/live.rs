@@ -71,7 +71,9 @@ impl LivePool {
             }
             Ok(Err(failure)) => Ok(Err(failure)),
             Err(error) => {
-                self.rebuild();
+                if error.poisons_instance() {
+                    self.rebuild();
+                }
                 Err(error)
             }
         }
@@ -105,7 +107,7 @@ impl LivePool {
     }
 
     fn heal<T>(&mut self, result: Result<T>) -> Result<T> {
-        if result.is_err() {
+        if result.as_ref().is_err_and(Error::poisons_instance) {
             self.rebuild();
         }
         result

@@ -16,8 +16,10 @@ const LOG_LINES_PER_CALL: u32 = 64;
 pub(crate) struct StoreState {
     /// The pool this instance serves, for its log lines.
     pool: Arc<str>,
-    /// Most memory one instance may have, in bytes.
+    /// Most memory one instance may have, in bytes, all memories together.
     memory_limit: usize,
+    /// Memory the instance has now, all memories together.
+    memory_used: usize,
     /// Set when the plugin tried to grow memory past the cap, so that the
     /// trap that follows is reported as what it is.
     pub(crate) memory_exceeded: bool,
@@ -37,6 +39,7 @@ impl StoreState {
         Self {
             pool,
             memory_limit,
+            memory_used: 0,
             memory_exceeded: false,
             last_error: None,
             log_budget: LOG_LINES_PER_CALL,
@@ -60,14 +63,16 @@ impl StoreState {
 impl ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
+        let total = self.memory_used - current + desired;
+        if total > self.memory_limit {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        self.memory_used = total;
         Ok(true)
     }
 

@@ -94,6 +94,11 @@ struct SlotConfig {
     end: ClockTime,
 }
 
+/// Upper bounds on a van's figures. They are far beyond any real van and keep
+/// every sum of capacities far from overflowing.
+const MAX_STOPS_PER_HOUR: u32 = 10_000;
+const MAX_VAN_WEIGHT_KG: u64 = 1_000_000;
+
 /// A van of the fleet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,10 +141,22 @@ impl Van {
                 ),
             ));
         }
-        if self.stops_per_hour == 0 {
+        if self.stops_per_hour == 0 || self.stops_per_hour > MAX_STOPS_PER_HOUR {
             return Err(Problem::new(
                 "invalid_van",
-                format!("van {}: stops_per_hour must be at least 1", self.id),
+                format!(
+                    "van {}: stops_per_hour must be between 1 and {MAX_STOPS_PER_HOUR}",
+                    self.id
+                ),
+            ));
+        }
+        if self.max_weight_kg > MAX_VAN_WEIGHT_KG {
+            return Err(Problem::new(
+                "invalid_van",
+                format!(
+                    "van {}: max_weight_kg must be at most {MAX_VAN_WEIGHT_KG}",
+                    self.id
+                ),
             ));
         }
         Ok(())
@@ -271,7 +288,7 @@ pub struct State {
     area: String,
     day: Day,
     cutoff_ms: i64,
-    /// In the order of the config, which is the order of the day.
+    /// Sorted by start time: the order of the day.
     slots: Vec<Slot>,
     vans: BTreeMap<String, Assignment>,
     reservations: BTreeMap<String, Booking>,
@@ -427,6 +444,10 @@ impl CapacityType for Logistics {
             });
         }
         slots.sort_by_key(|s| (s.start, s.end));
+        // A van serving two overlapping slots would count the shared time twice.
+        if let Some(w) = slots.windows(2).find(|w| w[1].start < w[0].end) {
+            return invalid(format!("slots {} and {} overlap", w[0].id, w[1].id));
+        }
         let mut state = State {
             area: config.area,
             day,

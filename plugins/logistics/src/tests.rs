@@ -318,6 +318,15 @@ fn configs_are_validated() {
         json!({ "vans": [{ "id": "v", "shift_start": "08:00", "shift_end": "10:00", "stops_per_hour": 0, "max_weight_kg": 1 }] }),
     );
     assert!(p.message.contains("stops_per_hour"), "{p}");
+    let p = refused(json!({ "slots": [
+        { "id": "a", "start": "08:00", "end": "10:00" },
+        { "id": "b", "start": "09:00", "end": "11:00" },
+    ] }));
+    assert!(p.message.contains("slots a and b overlap"), "{p}");
+    let p = refused(
+        json!({ "vans": [{ "id": "v", "shift_start": "08:00", "shift_end": "10:00", "stops_per_hour": 1, "max_weight_kg": u64::MAX }] }),
+    );
+    assert!(p.message.contains("max_weight_kg"), "{p}");
     let p = refused(json!({ "colour": "red" }));
     assert!(p.message.contains("colour"), "{p}");
 }

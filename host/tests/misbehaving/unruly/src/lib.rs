@@ -57,8 +57,8 @@ pub enum Event {
         env_vars: usize,
         /// Seconds since the Unix epoch by the system clock.
         clock_secs: u64,
-        /// Whether a TCP connection to the outside could be made.
-        network: bool,
+        /// What connecting to a loopback port gave: `connected` or the error kind.
+        network: String,
     },
 }
 
@@ -123,7 +123,10 @@ impl CapacityType for Unruly {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
-                network: std::net::TcpStream::connect("127.0.0.1:5432").is_ok(),
+                network: match std::net::TcpStream::connect("127.0.0.1:5432") {
+                    Ok(_) => "connected".into(),
+                    Err(e) => format!("{:?}", e.kind()),
+                },
             }]),
         }
     }
