@@ -1,0 +1,78 @@
+//! The embedded PostgreSQL launcher.
+
+use std::path::PathBuf;
+
+use allot_host::dev;
+use allot_host::pg::{EmbeddedPostgres, Error};
+use sqlx::Connection;
+
+fn folder(name: &str) -> PathBuf {
+    dev::workspace_root()
+        .join("target")
+        .join("test-pg")
+        .join(name)
+}
+
+async fn query_one(url: &str, sql: &'static str) -> sqlx::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query_scalar(sql).fetch_one(&mut conn).await
+}
+
+/// A fresh folder is initialised, served on loopback, stopped on drop, and reused with its data.
+#[tokio::test]
+async fn starts_stops_and_reuses_its_data() {
+    let dir = folder("reuse");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let pg = EmbeddedPostgres::start(&dir).expect("first start");
+    let url = pg.url("postgres");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE kept (n int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO kept VALUES (42)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let port = pg.port();
+    drop(pg);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the server still listens after being dropped"
+    );
+
+    let initialised = std::fs::metadata(dir.join("data/PG_VERSION"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let pg = EmbeddedPostgres::start(&dir).expect("second start");
+    let kept = query_one(&pg.url("postgres"), "SELECT n::bigint FROM kept")
+        .await
+        .unwrap();
+    assert_eq!(kept, 42);
+    let again = std::fs::metadata(dir.join("data/PG_VERSION"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(initialised, again, "the data folder was initialised again");
+}
+
+/// Without server binaries the error says what is missing.
+#[test]
+fn missing_binaries_are_named() {
+    let empty = folder("no-binaries");
+    std::fs::create_dir_all(&empty).unwrap();
+    let error = EmbeddedPostgres::start_with(&folder("unused"), &empty)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(error, Error::MissingTool(_, "postgres")),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("PostgreSQL server package"),
+        "{error}"
+    );
+}
