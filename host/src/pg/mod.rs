@@ -101,6 +101,7 @@ impl EmbeddedPostgres {
                     ]),
             )?;
         }
+        wait_for_previous_server(&data)?;
         let port = free_port()?;
         let log_path = dir.join("postgres.log");
         let log = fs::OpenOptions::new()
@@ -199,6 +200,32 @@ impl Drop for EmbeddedPostgres {
             Err(e) => tracing::warn!(port = self.port, "waiting for the embedded PostgreSQL: {e}"),
         }
     }
+}
+
+/// A server of an earlier run on the same folder may still be shutting
+/// down (its checkpoint takes a moment); give it time to finish. One that
+/// keeps running belongs to someone else.
+fn wait_for_previous_server(data: &Path) -> Result<()> {
+    let pid_file = data.join("postmaster.pid");
+    let Some(pid) = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() && pid_file.exists() {
+        if Instant::now() > deadline {
+            return Err(data_dir_error(
+                data,
+                format!(
+                    "another PostgreSQL (pid {pid}) is running on it; stop it or use another folder"
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Finds the directory of the server binaries.

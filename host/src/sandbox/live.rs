@@ -37,6 +37,43 @@ impl LivePool {
         )
     }
 
+    /// Rebuilds a pool from a snapshot, keeping the config for rebuilds that
+    /// may follow. `Ok(Err(problem))` when the plugin refuses the snapshot:
+    /// start from [`LivePool::create`] and replay every event then.
+    pub fn restore(
+        plugin: &Arc<Plugin>,
+        id: &str,
+        config: &str,
+        snapshot: Snapshot,
+    ) -> Result<Result<Self, Problem>> {
+        Ok(
+            PoolInstance::restore(plugin, id, &snapshot)?.map(|instance| Self {
+                id: Arc::from(id),
+                plugin: plugin.clone(),
+                config: config.to_owned(),
+                base: Some(snapshot),
+                tail: Vec::new(),
+                instance: Ok(instance),
+            }),
+        )
+    }
+
+    /// Applies an event from the journal. An error means the pool's history
+    /// cannot be replayed by this plugin.
+    pub fn replay(&mut self, event: &Json) -> Result<()> {
+        let result = self.instance()?.apply(event);
+        match result {
+            Ok(()) => {
+                self.tail.push(event.clone());
+                Ok(())
+            }
+            Err(error) => {
+                self.instance = Err(format!("replaying its events failed: {error}"));
+                Err(error)
+            }
+        }
+    }
+
     /// The pool's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -115,14 +152,14 @@ impl LivePool {
 
     /// Replaces a poisoned instance with one rebuilt from base + tail.
     fn rebuild(&mut self) {
-        self.instance = self.replay().map_err(|e| {
+        self.instance = self.rebuilt().map_err(|e| {
             let reason = format!("rebuilding after a plugin fault failed: {e}");
             tracing::error!(pool = %self.id, "{reason}");
             reason
         });
     }
 
-    fn replay(&self) -> Result<PoolInstance> {
+    fn rebuilt(&self) -> Result<PoolInstance> {
         let started = match &self.base {
             Some(snapshot) => PoolInstance::restore(&self.plugin, &self.id, snapshot)?,
             None => PoolInstance::create(&self.plugin, &self.id, &self.config)?,

@@ -68,3 +68,50 @@ pub fn at(rfc3339: &str, role: Role) -> Context {
         role,
     }
 }
+
+/// A fresh, empty database on a real PostgreSQL: the server at `DATABASE_URL`
+/// when set, else an embedded one private to this test binary.
+pub async fn database() -> String {
+    use sqlx::Connection;
+    static SERVER: OnceLock<Option<allot_host::pg::EmbeddedPostgres>> = OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let admin = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let server = SERVER.get_or_init(|| {
+                let binary = std::env::current_exe().unwrap();
+                let name = binary.file_stem().unwrap().to_string_lossy().into_owned();
+                let dir = dev::workspace_root()
+                    .join("target")
+                    .join("test-pg")
+                    .join(name);
+                Some(
+                    allot_host::pg::EmbeddedPostgres::start(&dir).unwrap_or_else(|e| panic!("{e}")),
+                )
+            });
+            server.as_ref().unwrap().url("postgres")
+        }
+    };
+    let name = format!(
+        "allot_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("a database URL ends in /<database>");
+    format!("{base}/{name}")
+}

@@ -1,0 +1,140 @@
+//! Pool entities: one task per active pool, owning its plugin instance and
+//! state, taking commands from a bounded mailbox one at a time.
+//!
+//! Throughput on a hot pool comes from batching: an entity takes every queued
+//! command, decides them in order on the evolving state, appends all their
+//! events in one transaction and only then answers. If the append fails, all
+//! of them get a retryable error and the entity rebuilds from the journal, so
+//! nothing unpersisted is ever visible.
+
+mod runtime;
+mod task;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::ids::{PoolId, SeqNr};
+use crate::journal;
+use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
+
+pub use runtime::{Runtime, Settings};
+
+/// A command for a pool, with what the host needs to run it.
+#[derive(Debug)]
+pub struct Request {
+    /// What the plugin is told.
+    pub context: Context,
+    /// The command.
+    pub command: Command,
+    /// For type-specific commands: a key that makes retries safe. Reserve,
+    /// release and confirm use their reservation id.
+    pub idempotency_key: Option<String>,
+    /// When the caller stops waiting; after it, the command is not decided.
+    pub deadline: Instant,
+}
+
+impl Request {
+    /// The key under which the command's first outcome is kept.
+    pub fn key(&self) -> Option<String> {
+        match &self.command {
+            Command::Reserve { id, .. } => Some(format!("reserve:{id}")),
+            Command::Release { id } => Some(format!("release:{id}")),
+            Command::Confirm { id } => Some(format!("confirm:{id}")),
+            Command::Custom { name, .. } => {
+                self.idempotency_key.as_ref().map(|k| format!("{name}:{k}"))
+            }
+        }
+    }
+}
+
+/// What became of a command. Kept as the first outcome for its key.
+///
+/// Externally tagged (`{"accepted": {...}}`): the events are raw JSON, which
+/// serde cannot read back through the buffering an internal tag needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The plugin decided these events; they are in the journal.
+    Accepted {
+        /// The pool's seq after the events.
+        seq_nr: SeqNr,
+        /// The events, in order.
+        events: Vec<Json>,
+    },
+    /// The rules refused the command.
+    Rejected {
+        /// Why.
+        problem: Problem,
+    },
+    /// The command does not fit the type.
+    Invalid {
+        /// Why.
+        problem: Problem,
+    },
+}
+
+impl Outcome {
+    fn decided(seq_nr: SeqNr, decision: sandbox::Decision) -> Self {
+        match decision {
+            Ok(events) => Outcome::Accepted { seq_nr, events },
+            Err(Failure::Rejected(problem)) => Outcome::Rejected { problem },
+            Err(Failure::Invalid(problem)) => Outcome::Invalid { problem },
+        }
+    }
+}
+
+/// Why a command got no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pool does not exist.
+    #[error("no pool {0}")]
+    UnknownPool(PoolId),
+    /// No plugin is loaded for the capacity type.
+    #[error("no plugin is loaded for capacity type `{0}`")]
+    UnknownCapacityType(String),
+    /// The plugin refused the config of a new pool.
+    #[error("invalid config: {0}")]
+    InvalidConfig(Problem),
+    /// A pool with this id exists with another type or config.
+    #[error("pool {0} already exists with another capacity type or config")]
+    PoolExists(PoolId),
+    /// The pool's mailbox is full.
+    #[error("pool {0} is overloaded; retry shortly")]
+    Overloaded(PoolId),
+    /// The deadline passed before the command was decided.
+    #[error("the command's deadline passed before it was decided")]
+    DeadlinePassed,
+    /// The pool cannot be rebuilt from its history.
+    #[error("pool {pool} has failed: {reason}")]
+    PoolFailed {
+        /// The pool.
+        pool: PoolId,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin faulted on this command.
+    #[error(transparent)]
+    Plugin(#[from] sandbox::Error),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    /// The runtime is shutting down.
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Whether the same command may succeed if sent again (with the same
+    /// idempotency key, so that it never takes effect twice).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Overloaded(_) | Error::DeadlinePassed | Error::ShuttingDown => true,
+            Error::Plugin(e) => e.is_retryable(),
+            Error::Journal(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Results of the entity layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

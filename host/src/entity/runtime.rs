@@ -1,0 +1,250 @@
+//! The entity runtime: finds or starts the entity of a pool and hands it
+//! commands.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+
+use super::task::{Envelope, run};
+use super::{Error, Outcome, Request, Result};
+use crate::ids::{PoolId, SeqNr};
+use crate::journal::{self, Journal};
+use crate::sandbox::{Plugin, PoolInstance, View};
+
+/// How entities behave.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Commands a pool may have queued; past that, callers are told to retry.
+    pub mailbox: usize,
+    /// Most commands decided and appended as one batch.
+    pub max_batch: usize,
+    /// A snapshot is taken once this many events have been appended since the last.
+    pub snapshot_every: u64,
+    /// An entity with no command for this long is passivated: snapshotted,
+    /// its instance dropped. The next command re-activates it.
+    pub idle_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mailbox: 1024,
+            max_batch: 512,
+            snapshot_every: 1000,
+            idle_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Runs the entities of this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) journal: Journal,
+    pub(super) settings: Settings,
+    plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    /// The live entities. Commands are sent while holding this lock, so that
+    /// an entity that finds its mailbox empty under the lock can passivate
+    /// knowing nothing more will arrive.
+    entities: Mutex<HashMap<PoolId, Handle>>,
+    generations: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+struct Handle {
+    generation: u64,
+    mailbox: mpsc::Sender<Envelope>,
+    task: JoinHandle<()>,
+}
+
+impl Runtime {
+    /// A runtime over this journal, with no plugins yet.
+    pub fn new(journal: Journal, settings: Settings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                journal,
+                settings,
+                plugins: RwLock::default(),
+                entities: Mutex::default(),
+                generations: AtomicU64::new(0),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// Makes a plugin the one that runs pools of its capacity type. Entities
+    /// already running keep the plugin they started with.
+    pub fn load_plugin(&self, plugin: Arc<Plugin>) {
+        let capacity_type = plugin.info().capacity_type.clone();
+        self.inner
+            .plugins
+            .write()
+            .expect("plugin table")
+            .insert(capacity_type, plugin);
+    }
+
+    /// The plugin for a capacity type.
+    pub fn plugin(&self, capacity_type: &str) -> Result<Arc<Plugin>> {
+        self.inner.plugin(capacity_type)
+    }
+
+    /// Creates a pool, after the plugin has accepted its config. Creating the
+    /// same pool again is not an error (`Ok(false)`).
+    pub async fn create_pool(
+        &self,
+        id: &PoolId,
+        capacity_type: &str,
+        config: &RawValue,
+    ) -> Result<bool> {
+        let plugin = self.plugin(capacity_type)?;
+        let mut instance = PoolInstance::create(&plugin, id.as_str(), config.get())?
+            .map_err(Error::InvalidConfig)?;
+        let view = serde_json::value::to_raw_value(&instance.view()?).expect("views serialize");
+        let journal = &self.inner.journal;
+        let created = journal
+            .create_pool(id, capacity_type, config)
+            .await
+            .map_err(|e| match e {
+                journal::Error::PoolExists(id) => Error::PoolExists(id),
+                e => Error::Journal(e),
+            })?;
+        if created {
+            journal
+                .save_view(id, capacity_type, SeqNr(0), &view)
+                .await?;
+        }
+        Ok(created)
+    }
+
+    /// Decides a command on its pool and waits for the outcome, at most
+    /// until the request's deadline.
+    pub async fn execute(&self, pool: &PoolId, request: Request) -> Result<Outcome> {
+        let deadline = request.deadline;
+        let (reply, outcome) = oneshot::channel();
+        self.send(pool, Envelope::Command(request, reply))?;
+        wait(deadline, outcome).await
+    }
+
+    /// The pool's view, read through its entity: it includes every command
+    /// answered before the call.
+    pub async fn view(&self, pool: &PoolId, deadline: Instant) -> Result<(SeqNr, View)> {
+        let (reply, view) = oneshot::channel();
+        self.send(pool, Envelope::View(reply))?;
+        wait(deadline, view).await
+    }
+
+    /// Number of live entities.
+    pub fn active_pools(&self) -> usize {
+        self.inner.entities.lock().expect("entity table").len()
+    }
+
+    /// Stops taking commands, lets every entity finish what is queued and
+    /// passivate, and waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let handles: Vec<Handle> = self
+            .inner
+            .entities
+            .lock()
+            .expect("entity table")
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for handle in handles {
+            drop(handle.mailbox);
+            let _ = handle.task.await;
+        }
+    }
+
+    fn send(&self, pool: &PoolId, envelope: Envelope) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let mut entities = self.inner.entities.lock().expect("entity table");
+        let mut envelope = envelope;
+        // Twice at most: an entity that died leaves a closed mailbox behind,
+        // which is replaced by a fresh entity once.
+        for _ in 0..2 {
+            let handle = entities
+                .entry(pool.clone())
+                .or_insert_with(|| self.spawn(pool.clone()));
+            match handle.mailbox.try_send(envelope) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Error::Overloaded(pool.clone()));
+                }
+                Err(mpsc::error::TrySendError::Closed(returned)) => {
+                    entities.remove(pool);
+                    envelope = returned;
+                }
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    fn spawn(&self, pool: PoolId) -> Handle {
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+        let (mailbox, inbox) = mpsc::channel(self.inner.settings.mailbox);
+        let task = tokio::spawn(run(self.inner.clone(), pool, generation, inbox));
+        Handle {
+            generation,
+            mailbox,
+            task,
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn plugin(&self, capacity_type: &str) -> Result<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .expect("plugin table")
+            .get(capacity_type)
+            .cloned()
+            .ok_or_else(|| Error::UnknownCapacityType(capacity_type.to_owned()))
+    }
+
+    /// Removes the entity of `pool` from the table if it is still this
+    /// generation and nothing is queued for it. Returns whether it was removed;
+    /// after that, no command can reach its mailbox.
+    pub(super) fn retire(
+        &self,
+        pool: &PoolId,
+        generation: u64,
+        inbox: &mpsc::Receiver<Envelope>,
+    ) -> bool {
+        let mut entities = self.entities.lock().expect("entity table");
+        match entities.get(pool) {
+            Some(handle) if handle.generation == generation && inbox.is_empty() => {
+                entities.remove(pool);
+                true
+            }
+            Some(handle) if handle.generation == generation => false,
+            // Shut down or replaced: nothing new can arrive either way.
+            _ => inbox.is_empty(),
+        }
+    }
+}
+
+async fn wait<T>(deadline: Instant, reply: oneshot::Receiver<Result<T>>) -> Result<T> {
+    match timeout_at(deadline, reply).await {
+        Ok(Ok(result)) => result,
+        // The entity stopped without answering (its task failed).
+        Ok(Err(_)) => Err(Error::ShuttingDown),
+        Err(_) => Err(Error::DeadlinePassed),
+    }
+}

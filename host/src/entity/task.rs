@@ -1,0 +1,370 @@
+//! The life of one entity: recover, take batches from the mailbox, decide,
+//! append, answer; snapshot now and then; passivate when idle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+
+use super::runtime::Inner;
+use super::{Error, Outcome, Request, Result};
+use crate::ids::{PoolId, SeqNr};
+use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
+use crate::sandbox::{self, LivePool, View};
+
+/// Events read from the journal per query while recovering.
+const REPLAY_PAGE: i64 = 5_000;
+
+pub(super) enum Envelope {
+    Command(Request, oneshot::Sender<Result<Outcome>>),
+    View(oneshot::Sender<Result<(SeqNr, View)>>),
+}
+
+/// A recovered pool: its live instance, where its history ends, and the
+/// first outcome of every keyed command.
+struct Entity {
+    id: PoolId,
+    capacity_type: String,
+    live: LivePool,
+    plugin: PluginRef,
+    seq: SeqNr,
+    snapshot_seq: SeqNr,
+    outcomes: HashMap<String, Outcome>,
+}
+
+#[tracing::instrument(name = "entity", skip_all, fields(pool = %pool, generation))]
+pub(super) async fn run(
+    runtime: Arc<Inner>,
+    pool: PoolId,
+    generation: u64,
+    mut inbox: mpsc::Receiver<Envelope>,
+) {
+    let mut entity = match Entity::recover(&runtime, &pool).await {
+        Ok(entity) => entity,
+        Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
+    };
+    let idle_after = runtime.settings.idle_after;
+    loop {
+        let first = match timeout(idle_after, inbox.recv()).await {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => break,
+            Err(_idle) if runtime.retire(&pool, generation, &inbox) => break,
+            Err(_idle) => continue,
+        };
+        let mut batch = vec![first];
+        while batch.len() < runtime.settings.max_batch {
+            match inbox.try_recv() {
+                Ok(envelope) => batch.push(envelope),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = entity.process(&runtime, batch).await {
+            tracing::warn!("append failed, rebuilding from the journal: {error}");
+            entity = match Entity::recover(&runtime, &pool).await {
+                Ok(entity) => entity,
+                Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
+            };
+        }
+    }
+    entity.passivate(&runtime).await;
+}
+
+/// An entity that cannot recover answers what is queued with the reason and
+/// stops; the next command tries again (a failed pool fails fast then, from
+/// its stored reason).
+async fn refuse_all(
+    runtime: &Inner,
+    pool: &PoolId,
+    generation: u64,
+    mut inbox: mpsc::Receiver<Envelope>,
+    error: Error,
+) {
+    tracing::warn!("cannot activate: {error}");
+    let reason = error.to_string();
+    let failed = matches!(error, Error::PoolFailed { .. });
+    let mut first = Some(error);
+    loop {
+        while let Ok(envelope) = inbox.try_recv() {
+            let error = first.take().unwrap_or_else(|| {
+                if failed {
+                    Error::PoolFailed {
+                        pool: pool.clone(),
+                        reason: reason.clone(),
+                    }
+                } else {
+                    Error::ShuttingDown
+                }
+            });
+            match envelope {
+                Envelope::Command(_, reply) => drop(reply.send(Err(error))),
+                Envelope::View(reply) => drop(reply.send(Err(error))),
+            }
+        }
+        if runtime.retire(pool, generation, &inbox) {
+            return;
+        }
+    }
+}
+
+impl Entity {
+    /// Latest usable snapshot + later events; without a usable snapshot, the
+    /// config + every event.
+    async fn recover(runtime: &Inner, id: &PoolId) -> Result<Self> {
+        let journal = &runtime.journal;
+        let record = journal.pool(id).await.map_err(|e| match e {
+            crate::journal::Error::UnknownPool(id) => Error::UnknownPool(id),
+            e => Error::Journal(e),
+        })?;
+        if let Some(reason) = record.failed_reason {
+            return Err(Error::PoolFailed {
+                pool: id.clone(),
+                reason,
+            });
+        }
+        let plugin = runtime.plugin(&record.capacity_type)?;
+        let config = record.config.get();
+        let started = std::time::Instant::now();
+
+        let snapshot = journal
+            .latest_snapshot(id, plugin.info().state_version)
+            .await?;
+        let mut start = None;
+        if let Some(stored) = snapshot {
+            match LivePool::restore(&plugin, id.as_str(), config, stored.snapshot) {
+                Ok(Ok(live)) => start = Some((live, stored.seq_nr)),
+                Ok(Err(problem)) => tracing::info!(
+                    "snapshot at {} refused ({problem}); replaying all events",
+                    stored.seq_nr
+                ),
+                Err(error) => tracing::warn!(
+                    "snapshot at {} failed to load ({error}); replaying all events",
+                    stored.seq_nr
+                ),
+            }
+        }
+        let (mut live, snapshot_seq) = match start {
+            Some(start) => start,
+            None => {
+                let created = LivePool::create(&plugin, id.as_str(), config)
+                    .map_err(|e| fail(id, format!("creating it again failed: {e}")));
+                let live = created?
+                    .map_err(|p| fail(id, format!("the plugin now refuses its config: {p}")))?;
+                (live, SeqNr(0))
+            }
+        };
+        let mut seq = snapshot_seq;
+        loop {
+            let page = journal.events(id, seq, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            let last = last.seq_nr;
+            for event in &page {
+                if event.seq_nr != seq.after(1) {
+                    return Err(fail(
+                        id,
+                        format!("the journal skips from seq {seq} to {}", event.seq_nr),
+                    ));
+                }
+                if let Err(error) = live.replay(&event.payload) {
+                    let reason = format!("event {} cannot be replayed: {error}", event.seq_nr);
+                    journal.mark_failed(id, &reason).await?;
+                    return Err(fail(id, reason));
+                }
+                seq = event.seq_nr;
+            }
+            debug_assert_eq!(seq, last);
+        }
+        let outcomes = journal
+            .command_outcomes(id)
+            .await?
+            .into_iter()
+            .map(|(key, outcome)| match serde_json::from_str(outcome.get()) {
+                Ok(outcome) => Ok((key, outcome)),
+                Err(e) => Err(fail(
+                    id,
+                    format!("the stored outcome of `{key}` is unreadable: {e}"),
+                )),
+            })
+            .collect::<Result<_>>()?;
+        tracing::info!(
+            seq_nr = seq.0,
+            from_snapshot = snapshot_seq.0,
+            took_ms = started.elapsed().as_millis() as u64,
+            "pool recovered"
+        );
+        let info = plugin.info();
+        Ok(Self {
+            id: id.clone(),
+            capacity_type: record.capacity_type,
+            plugin: PluginRef {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                digest: plugin.digest().to_owned(),
+            },
+            live,
+            seq,
+            snapshot_seq,
+            outcomes,
+        })
+    }
+
+    /// Decides a batch on the evolving state, appends it in one transaction,
+    /// then answers. An `Err` means the append failed: every command of the
+    /// batch has been told to retry and the entity must be rebuilt.
+    async fn process(
+        &mut self,
+        runtime: &Inner,
+        batch: Vec<Envelope>,
+    ) -> Result<(), crate::journal::Error> {
+        let now = Instant::now();
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut records: Vec<CommandRecord> = Vec::new();
+        let mut fresh: HashMap<String, Outcome> = HashMap::new();
+        let mut answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)> =
+            Vec::with_capacity(batch.len());
+        let mut views = Vec::new();
+
+        for envelope in batch {
+            let (request, reply) = match envelope {
+                Envelope::View(reply) => {
+                    views.push(reply);
+                    continue;
+                }
+                Envelope::Command(request, reply) => (request, reply),
+            };
+            if request.deadline <= now {
+                let _ = reply.send(Err(Error::DeadlinePassed));
+                continue;
+            }
+            let key = request.key();
+            if let Some(known) = key
+                .as_ref()
+                .and_then(|k| fresh.get(k).or_else(|| self.outcomes.get(k)))
+            {
+                answers.push((reply, known.clone()));
+                continue;
+            }
+            let decision = match self.live.decide(&request.context, &request.command) {
+                Ok(decision) => decision,
+                Err(error) => {
+                    if let sandbox::Error::Failed(reason) = &error {
+                        let _ = runtime.journal.mark_failed(&self.id, reason).await;
+                    }
+                    let _ = reply.send(Err(Error::Plugin(error)));
+                    continue;
+                }
+            };
+            if let Ok(new) = &decision {
+                events.extend(new.iter().map(|payload| NewEvent {
+                    payload: payload.clone(),
+                    request_id: request.context.request_id.clone(),
+                }));
+            }
+            let outcome = Outcome::decided(self.seq.after(events.len()), decision);
+            if let Some(key) = key {
+                records.push(CommandRecord {
+                    key: key.clone(),
+                    seq_nr: self.seq.after(events.len()),
+                    outcome: serde_json::value::to_raw_value(&outcome).expect("outcomes serialize"),
+                });
+                fresh.insert(key, outcome.clone());
+            }
+            answers.push((reply, outcome));
+        }
+
+        if !events.is_empty() || !records.is_empty() {
+            let view = match self.live.view() {
+                Ok(view) => Some(serde_json::value::to_raw_value(&view).expect("views serialize")),
+                Err(error) => {
+                    tracing::warn!("view failed; the read model keeps the previous one: {error}");
+                    None
+                }
+            };
+            let append = Append {
+                pool: &self.id,
+                expected: self.seq,
+                events: &events,
+                plugin: &self.plugin,
+                commands: &records,
+                view: view.as_deref(),
+                capacity_type: &self.capacity_type,
+                fence: None,
+            };
+            match runtime.journal.append(&append).await {
+                Ok(end) => self.seq = end,
+                Err(error) => {
+                    for (reply, _) in answers {
+                        let _ = reply.send(Err(Error::Journal(retryable_copy(&error))));
+                    }
+                    for reply in views {
+                        let _ = reply.send(Err(Error::Journal(retryable_copy(&error))));
+                    }
+                    return Err(error);
+                }
+            }
+            self.outcomes.extend(fresh);
+        }
+        for (reply, outcome) in answers {
+            let _ = reply.send(Ok(outcome));
+        }
+        if !views.is_empty() {
+            let view = self.live.view();
+            for reply in views {
+                let _ = reply.send(match &view {
+                    Ok(view) => Ok((self.seq, view.clone())),
+                    Err(error) => Err(Error::Plugin(sandbox::Error::Failed(error.to_string()))),
+                });
+            }
+        }
+        if (self.seq.0 - self.snapshot_seq.0) as u64 >= runtime.settings.snapshot_every {
+            self.snapshot(runtime).await;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, runtime: &Inner) {
+        if self.seq == self.snapshot_seq {
+            return;
+        }
+        match self.live.checkpoint() {
+            Ok(snapshot) => match runtime
+                .journal
+                .save_snapshot(&self.id, self.seq, &snapshot, &self.plugin.digest)
+                .await
+            {
+                Ok(()) => self.snapshot_seq = self.seq,
+                Err(error) => tracing::warn!("saving a snapshot failed: {error}"),
+            },
+            Err(error) => tracing::warn!("taking a snapshot failed: {error}"),
+        }
+    }
+
+    async fn passivate(mut self, runtime: &Inner) {
+        self.snapshot(runtime).await;
+        tracing::debug!(seq_nr = self.seq.0, "passivated");
+    }
+}
+
+fn fail(pool: &PoolId, reason: String) -> Error {
+    Error::PoolFailed {
+        pool: pool.clone(),
+        reason,
+    }
+}
+
+/// Journal errors are not `Clone`; every command of a failed batch gets an
+/// error of the same kind.
+fn retryable_copy(error: &crate::journal::Error) -> crate::journal::Error {
+    use crate::journal::Error as E;
+    match error {
+        E::Conflict { pool, expected } => E::Conflict {
+            pool: pool.clone(),
+            expected: *expected,
+        },
+        E::Fenced { shard, epoch } => E::Fenced {
+            shard: *shard,
+            epoch: *epoch,
+        },
+        other => E::Database(sqlx::Error::Protocol(other.to_string())),
+    }
+}
