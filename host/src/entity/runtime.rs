@@ -14,7 +14,7 @@ use tokio::time::{Instant, timeout_at};
 use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Journal};
+use crate::journal::{self, Committer, Journal};
 use crate::sandbox::{Plugin, PoolInstance, View};
 
 /// How entities behave.
@@ -29,6 +29,10 @@ pub struct Settings {
     /// An entity with no command for this long is passivated: snapshotted,
     /// its instance dropped. The next command re-activates it.
     pub idle_after: Duration,
+    /// Transactions writing batches at the same time (group commit).
+    pub writers: usize,
+    /// Most pools' batches written in one transaction.
+    pub max_group: usize,
 }
 
 impl Default for Settings {
@@ -38,6 +42,8 @@ impl Default for Settings {
             max_batch: 512,
             snapshot_every: 1000,
             idle_after: Duration::from_secs(600),
+            writers: 2,
+            max_group: 256,
         }
     }
 }
@@ -50,6 +56,7 @@ pub struct Runtime {
 
 pub(super) struct Inner {
     pub(super) journal: Journal,
+    pub(super) committer: Committer,
     pub(super) settings: Settings,
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
     /// The live entities. Commands are sent while holding this lock, so that
@@ -67,10 +74,12 @@ struct Handle {
 }
 
 impl Runtime {
-    /// A runtime over this journal, with no plugins yet.
+    /// A runtime over this journal, with no plugins yet. Must be called
+    /// within a tokio runtime: it starts the group-commit writers.
     pub fn new(journal: Journal, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                committer: Committer::start(journal.clone(), settings.writers, settings.max_group),
                 journal,
                 settings,
                 plugins: RwLock::default(),

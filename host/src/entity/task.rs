@@ -25,9 +25,9 @@ pub(super) enum Envelope {
 /// first outcome of every keyed command.
 struct Entity {
     id: PoolId,
-    capacity_type: String,
+    capacity_type: Arc<str>,
     live: LivePool,
-    plugin: PluginRef,
+    plugin: Arc<PluginRef>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
     outcomes: HashMap<String, Outcome>,
@@ -195,12 +195,12 @@ impl Entity {
         let info = plugin.info();
         Ok(Self {
             id: id.clone(),
-            capacity_type: record.capacity_type,
-            plugin: PluginRef {
+            capacity_type: Arc::from(record.capacity_type),
+            plugin: Arc::new(PluginRef {
                 name: info.name.clone(),
                 version: info.version.clone(),
                 digest: plugin.digest().to_owned(),
-            },
+            }),
             live,
             seq,
             snapshot_seq,
@@ -281,16 +281,16 @@ impl Entity {
                 }
             };
             let append = Append {
-                pool: &self.id,
+                pool: self.id.clone(),
                 expected: self.seq,
-                events: &events,
-                plugin: &self.plugin,
-                commands: &records,
-                view: view.as_deref(),
-                capacity_type: &self.capacity_type,
+                events,
+                plugin: self.plugin.clone(),
+                commands: records,
+                view,
+                capacity_type: self.capacity_type.clone(),
                 fence: None,
             };
-            match runtime.journal.append(&append).await {
+            match runtime.committer.append(append).await {
                 Ok(end) => self.seq = end,
                 Err(error) => {
                     for (reply, _) in answers {

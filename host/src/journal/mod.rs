@@ -1,11 +1,15 @@
 //! The journal: pools, their events and snapshots, decided commands and the
 //! read-model rows, in PostgreSQL.
 //!
-//! An append names the sequence number it continues from and takes the pool's
-//! row lock, so two writers can never both extend one history: the second
+//! Appends of many pools share a transaction ([`Journal::append_many`], fed by
+//! the [`Committer`]), so one commit serves them all. An append names the
+//! sequence number it continues from and takes the pool's row lock, so two writers can never both extend one history: the second
 //! gets [`Error::Conflict`], which is retryable. The `(pool_id, seq_nr)` key
 //! stays as the last line of defence. An append can also name a shard lease
 //! epoch ([`Fence`]); it then succeeds only while that epoch is current.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use sqlx::Row;
@@ -13,6 +17,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Snapshot};
+
+mod committer;
+
+pub use committer::Committer;
 
 /// What can go wrong in the journal.
 #[derive(Debug, thiserror::Error)]
@@ -121,24 +129,33 @@ pub struct CommandRecord {
     pub outcome: Json,
 }
 
-/// One batch of a pool's decisions, written in one transaction.
-pub struct Append<'a> {
+/// One batch of a pool's decisions: its events, command outcomes and view,
+/// written all or nothing.
+#[derive(Clone, Debug)]
+pub struct Append {
     /// The pool.
-    pub pool: &'a PoolId,
+    pub pool: PoolId,
     /// The seq the history must end at now; events get the numbers after it.
     pub expected: SeqNr,
     /// The events, in order.
-    pub events: &'a [NewEvent],
+    pub events: Vec<NewEvent>,
     /// The plugin version that decided them.
-    pub plugin: &'a PluginRef,
+    pub plugin: Arc<PluginRef>,
     /// Outcomes of the batch's commands that carry idempotency keys.
-    pub commands: &'a [CommandRecord],
+    pub commands: Vec<CommandRecord>,
     /// The pool's view after the batch, for the read model.
-    pub view: Option<&'a RawValue>,
+    pub view: Option<Json>,
     /// The capacity type, stored with the view.
-    pub capacity_type: &'a str,
+    pub capacity_type: Arc<str>,
     /// The shard lease the writer holds, if any.
     pub fence: Option<Fence>,
+}
+
+impl Append {
+    /// Where the history ends if this batch is written.
+    pub fn end(&self) -> SeqNr {
+        self.expected.after(self.events.len())
+    }
 }
 
 /// A stored event.
@@ -236,93 +253,166 @@ impl Journal {
         })
     }
 
-    /// Appends a batch: events, command outcomes and the view, all or nothing.
-    pub async fn append(&self, batch: &Append<'_>) -> Result<SeqNr> {
-        let pool = batch.pool.as_str();
+    /// Appends one batch: events, command outcomes and the view, all or nothing.
+    pub async fn append(&self, batch: &Append) -> Result<SeqNr> {
+        let mut results = self.append_many(std::slice::from_ref(batch)).await;
+        results.pop().expect("one result per batch")
+    }
+
+    /// Appends the batches of many pools in one transaction, with a fixed
+    /// number of statements however many pools take part, so one commit
+    /// serves them all. Each batch gets its own result: a batch that is
+    /// fenced or behind its pool's history is left out with that error and
+    /// the others are written. A batch per pool at most; a second one for
+    /// the same pool is refused as a conflict.
+    pub async fn append_many(&self, batches: &[Append]) -> Vec<Result<SeqNr>> {
+        let mut results: Vec<Option<Result<SeqNr>>> = batches.iter().map(|_| None).collect();
+        if let Err(error) = self.write_group(batches, &mut results).await {
+            let kind = GroupError(error);
+            for result in results.iter_mut() {
+                if !matches!(result, Some(Err(_))) {
+                    *result = Some(Err(kind.copy()));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every batch has a result"))
+            .collect()
+    }
+
+    /// Writes the batches that may go; records refusals in `results` as it
+    /// finds them and successes once the transaction has committed.
+    async fn write_group(
+        &self,
+        batches: &[Append],
+        results: &mut [Option<Result<SeqNr>>],
+    ) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        if let Some(fence) = batch.fence {
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM shard_leases WHERE shard = $1 FOR SHARE")
-                    .bind(fence.shard as i32)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if current != Some(fence.epoch) {
-                return Err(Error::Fenced {
-                    shard: fence.shard,
-                    epoch: fence.epoch,
-                });
+
+        let fenced: Vec<i32> = batches
+            .iter()
+            .filter_map(|b| b.fence.map(|f| f.shard as i32))
+            .collect();
+        if !fenced.is_empty() {
+            let epochs: HashMap<i32, i64> = sqlx::query_as(
+                "SELECT shard, epoch FROM shard_leases WHERE shard = ANY($1) FOR SHARE",
+            )
+            .bind(&fenced)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            for (batch, result) in batches.iter().zip(results.iter_mut()) {
+                if let Some(fence) = batch.fence
+                    && epochs.get(&(fence.shard as i32)) != Some(&fence.epoch)
+                {
+                    *result = Some(Err(Error::Fenced {
+                        shard: fence.shard,
+                        epoch: fence.epoch,
+                    }));
+                }
             }
         }
-        // The pool's row lock orders writers; under it, the history must end
-        // where this writer believes it does.
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT (SELECT COALESCE(max(seq_nr), 0) FROM events WHERE pool_id = $1)
-             FROM pools WHERE pool_id = $1 FOR UPDATE",
+
+        // Row locks order writers of a pool; taken in id order so that two
+        // groups never wait on each other in a cycle. Under them, each
+        // history must end where its writer believes it does.
+        let ids: Vec<&str> = batches.iter().map(|b| b.pool.as_str()).collect();
+        let ends: HashMap<String, i64> = sqlx::query_as(
+            "SELECT pool_id, (SELECT COALESCE(max(seq_nr), 0) FROM events e WHERE e.pool_id = p.pool_id)
+             FROM pools p WHERE pool_id = ANY($1) ORDER BY pool_id FOR UPDATE",
         )
-        .bind(pool)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match last {
-            None => return Err(Error::UnknownPool(batch.pool.clone())),
-            Some(last) if last != batch.expected.0 => {
-                return Err(Error::Conflict {
-                    pool: batch.pool.clone(),
-                    expected: batch.expected,
-                });
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut seen = std::collections::HashSet::new();
+        for (batch, result) in batches.iter().zip(results.iter_mut()) {
+            if result.is_some() {
+                continue;
             }
-            Some(_) => {}
+            let conflict = || Error::Conflict {
+                pool: batch.pool.clone(),
+                expected: batch.expected,
+            };
+            *result = match ends.get(batch.pool.as_str()) {
+                None => Some(Err(Error::UnknownPool(batch.pool.clone()))),
+                Some(&end) if end != batch.expected.0 || !seen.insert(batch.pool.as_str()) => {
+                    Some(Err(conflict()))
+                }
+                Some(_) => None,
+            };
         }
-        let end = batch.expected.after(batch.events.len());
-        if !batch.events.is_empty() {
-            let seqs: Vec<i64> = (batch.expected.0 + 1..=end.0).collect();
-            let payloads: Vec<&str> = batch.events.iter().map(|e| e.payload.get()).collect();
-            let requests: Vec<&str> = batch.events.iter().map(|e| e.request_id.as_str()).collect();
+        let going: Vec<&Append> = batches
+            .iter()
+            .zip(results.iter())
+            .filter(|(_, r)| r.is_none())
+            .map(|(b, _)| b)
+            .collect();
+        if going.is_empty() {
+            return Ok(());
+        }
+
+        let mut events = EventColumns::default();
+        let mut commands = CommandColumns::default();
+        let mut views = ViewColumns::default();
+        for batch in &going {
+            events.push(batch);
+            commands.push(batch);
+            views.push(batch);
+        }
+        if !events.seqs.is_empty() {
             sqlx::query(
                 "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
-                 SELECT $1, s, p::jsonb, $4, $5, $6, r FROM UNNEST($2::bigint[], $3::text[], $7::text[]) AS t(s, p, r)",
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[])",
             )
-            .bind(pool)
-            .bind(&seqs)
-            .bind(&payloads)
-            .bind(&batch.plugin.name)
-            .bind(&batch.plugin.version)
-            .bind(&batch.plugin.digest)
-            .bind(&requests)
+            .bind(&events.pools)
+            .bind(&events.seqs)
+            .bind(&events.payloads)
+            .bind(&events.plugin_names)
+            .bind(&events.plugin_versions)
+            .bind(&events.plugin_digests)
+            .bind(&events.requests)
             .execute(&mut *tx)
             .await
-            .map_err(|e| conflict_or(e, batch))?;
+            .map_err(unique_is_conflict(going[0]))?;
         }
-        if !batch.commands.is_empty() {
-            let keys: Vec<&str> = batch.commands.iter().map(|c| c.key.as_str()).collect();
-            let seqs: Vec<i64> = batch.commands.iter().map(|c| c.seq_nr.0).collect();
-            let outcomes: Vec<&str> = batch.commands.iter().map(|c| c.outcome.get()).collect();
+        if !commands.keys.is_empty() {
             sqlx::query(
                 "INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-                 SELECT $1, k, s, o::jsonb FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, s, o)",
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])",
             )
-            .bind(pool)
-            .bind(&keys)
-            .bind(&seqs)
-            .bind(&outcomes)
+            .bind(&commands.pools)
+            .bind(&commands.keys)
+            .bind(&commands.seqs)
+            .bind(&commands.outcomes)
             .execute(&mut *tx)
             .await
-            .map_err(|e| conflict_or(e, batch))?;
+            .map_err(unique_is_conflict(going[0]))?;
         }
-        if let Some(view) = batch.view {
+        if !views.pools.is_empty() {
             sqlx::query(
-                "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view) VALUES ($1, $2, $3, $4::jsonb)
+                "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
                  ON CONFLICT (pool_id) DO UPDATE
                  SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()",
             )
-            .bind(pool)
-            .bind(batch.capacity_type)
-            .bind(end.0)
-            .bind(view.get())
+            .bind(&views.pools)
+            .bind(&views.types)
+            .bind(&views.seqs)
+            .bind(&views.views)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(end)
+        for (batch, result) in batches.iter().zip(results.iter_mut()) {
+            if result.is_none() {
+                *result = Some(Ok(batch.end()));
+            }
+        }
+        Ok(())
     }
 
     /// Writes a pool's read-model row outside an append (for a new pool).
@@ -461,12 +551,96 @@ fn json(pool: &PoolId, text: String) -> Result<Json> {
 }
 
 /// A unique violation on append means another writer got there first.
-fn conflict_or(error: sqlx::Error, batch: &Append<'_>) -> Error {
-    match &error {
+fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |error| match &error {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict {
             pool: batch.pool.clone(),
             expected: batch.expected,
         },
         _ => Error::Database(error),
+    }
+}
+
+/// A failure of a whole group, handed to each of its batches. Journal errors
+/// are not `Clone`; each batch gets one of the same kind and message.
+struct GroupError(Error);
+
+impl GroupError {
+    fn copy(&self) -> Error {
+        match &self.0 {
+            Error::Conflict { pool, expected } => Error::Conflict {
+                pool: pool.clone(),
+                expected: *expected,
+            },
+            Error::Fenced { shard, epoch } => Error::Fenced {
+                shard: *shard,
+                epoch: *epoch,
+            },
+            other => Error::Database(sqlx::Error::Protocol(other.to_string())),
+        }
+    }
+}
+
+/// Columns of the events of a group, for one `UNNEST` insert.
+#[derive(Default)]
+struct EventColumns<'a> {
+    pools: Vec<&'a str>,
+    seqs: Vec<i64>,
+    payloads: Vec<&'a str>,
+    plugin_names: Vec<&'a str>,
+    plugin_versions: Vec<&'a str>,
+    plugin_digests: Vec<&'a str>,
+    requests: Vec<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, batch: &'a Append) {
+        for (i, event) in batch.events.iter().enumerate() {
+            self.pools.push(batch.pool.as_str());
+            self.seqs.push(batch.expected.0 + 1 + i as i64);
+            self.payloads.push(event.payload.get());
+            self.plugin_names.push(&batch.plugin.name);
+            self.plugin_versions.push(&batch.plugin.version);
+            self.plugin_digests.push(&batch.plugin.digest);
+            self.requests.push(&event.request_id);
+        }
+    }
+}
+
+#[derive(Default)]
+struct CommandColumns<'a> {
+    pools: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    seqs: Vec<i64>,
+    outcomes: Vec<&'a str>,
+}
+
+impl<'a> CommandColumns<'a> {
+    fn push(&mut self, batch: &'a Append) {
+        for command in &batch.commands {
+            self.pools.push(batch.pool.as_str());
+            self.keys.push(&command.key);
+            self.seqs.push(command.seq_nr.0);
+            self.outcomes.push(command.outcome.get());
+        }
+    }
+}
+
+#[derive(Default)]
+struct ViewColumns<'a> {
+    pools: Vec<&'a str>,
+    types: Vec<&'a str>,
+    seqs: Vec<i64>,
+    views: Vec<&'a str>,
+}
+
+impl<'a> ViewColumns<'a> {
+    fn push(&mut self, batch: &'a Append) {
+        if let Some(view) = &batch.view {
+            self.pools.push(batch.pool.as_str());
+            self.types.push(&batch.capacity_type);
+            self.seqs.push(batch.end().0);
+            self.views.push(view.get());
+        }
     }
 }

@@ -1,0 +1,222 @@
+//! The journal's append contract on a real PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+
+use allot_host::ids::{PoolId, SeqNr};
+use allot_host::journal::{Append, CommandRecord, Error, Fence, Journal, NewEvent, PluginRef};
+use serde_json::json;
+use serde_json::value::RawValue;
+use sqlx::Connection;
+
+fn raw(value: serde_json::Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).unwrap()
+}
+
+fn plugin() -> Arc<PluginRef> {
+    Arc::new(PluginRef {
+        name: "allot-test".into(),
+        version: "1.2.3".into(),
+        digest: "sha256:abc".into(),
+    })
+}
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent {
+            payload: raw(json!({ "n": i })),
+            request_id: format!("req-{i}"),
+        })
+        .collect()
+}
+
+fn append(pool: &PoolId, expected: i64, events: Vec<NewEvent>) -> Append {
+    Append {
+        pool: pool.clone(),
+        expected: SeqNr(expected),
+        events,
+        plugin: plugin(),
+        commands: Vec::new(),
+        view: None,
+        capacity_type: Arc::from("test"),
+        fence: None,
+    }
+}
+
+async fn journal_with_pool(id: &str) -> (Journal, PoolId, String) {
+    let url = common::database().await;
+    let journal = Journal::connect(&url, 4).await.unwrap();
+    let id = PoolId::new(id).unwrap();
+    assert!(
+        journal
+            .create_pool(&id, "test", &raw(json!({ "size": 1 })))
+            .await
+            .unwrap()
+    );
+    (journal, id, url)
+}
+
+/// Appends continue the history; a writer behind it gets a distinct, retryable conflict.
+#[tokio::test]
+async fn an_append_from_behind_is_a_conflict() {
+    let (journal, id, _) = journal_with_pool("p").await;
+    assert_eq!(
+        journal.append(&append(&id, 0, events(3))).await.unwrap(),
+        SeqNr(3)
+    );
+    let error = journal
+        .append(&append(&id, 2, events(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Conflict {
+                expected: SeqNr(2),
+                ..
+            }
+        ) && error.is_retryable(),
+        "{error}"
+    );
+    // Nothing of the refused batch was written.
+    assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(3));
+    assert_eq!(
+        journal.append(&append(&id, 3, events(1))).await.unwrap(),
+        SeqNr(4)
+    );
+}
+
+/// A batch is all or nothing: a duplicate command key rolls back its events too.
+#[tokio::test]
+async fn batches_are_all_or_nothing() {
+    let (journal, id, _) = journal_with_pool("atomic").await;
+    let record = |seq| CommandRecord {
+        key: "reserve:r1".into(),
+        seq_nr: SeqNr(seq),
+        outcome: raw(json!({ "ok": true })),
+    };
+    let mut batch = append(&id, 0, events(1));
+    batch.commands = vec![record(1)];
+    journal.append(&batch).await.unwrap();
+    let mut batch = append(&id, 1, events(2));
+    batch.commands = vec![record(3)];
+    assert!(matches!(
+        journal.append(&batch).await.unwrap_err(),
+        Error::Conflict { .. }
+    ));
+    assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(1));
+}
+
+/// An append made under a lease epoch succeeds only while that epoch is current.
+#[tokio::test]
+async fn appends_are_fenced_by_the_lease_epoch() {
+    let (journal, id, url) = journal_with_pool("fenced").await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO shard_leases (shard, owner_node, epoch, expires_at) VALUES ($1, 'node-b', 8, now() + interval '10 s')")
+        .bind(id.shard() as i32)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut stale = append(&id, 0, events(1));
+    stale.fence = Some(Fence {
+        shard: id.shard(),
+        epoch: 7,
+    });
+    let error = journal.append(&stale).await.unwrap_err();
+    assert!(matches!(error, Error::Fenced { epoch: 7, .. }), "{error}");
+    assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(0));
+    let mut current = append(&id, 0, events(1));
+    current.fence = Some(Fence {
+        shard: id.shard(),
+        epoch: 8,
+    });
+    assert_eq!(journal.append(&current).await.unwrap(), SeqNr(1));
+}
+
+/// Every event records which plugin version decided it, for which request.
+#[tokio::test]
+async fn events_carry_their_provenance() {
+    let (journal, id, url) = journal_with_pool("provenance").await;
+    journal.append(&append(&id, 0, events(2))).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let row: (String, String, String, String, bool) = sqlx::query_as(
+        "SELECT plugin_name, plugin_version, plugin_digest, request_id, recorded_at <= now() FROM events WHERE seq_nr = 2",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "allot-test".into(),
+            "1.2.3".into(),
+            "sha256:abc".into(),
+            "req-1".into(),
+            true
+        )
+    );
+    let stored = journal.events(&id, SeqNr(1), 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(stored[0].payload.get()).unwrap(),
+        json!({ "n": 1 })
+    );
+}
+
+/// Creating a pool twice is fine with the same config and refused with another.
+#[tokio::test]
+async fn pools_are_created_once() {
+    let (journal, id, _) = journal_with_pool("once").await;
+    assert!(
+        !journal
+            .create_pool(&id, "test", &raw(json!({ "size": 1 })))
+            .await
+            .unwrap()
+    );
+    let error = journal
+        .create_pool(&id, "test", &raw(json!({ "size": 2 })))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::PoolExists(_)), "{error}");
+    let missing = PoolId::new("missing").unwrap();
+    assert!(matches!(
+        journal.pool(&missing).await.unwrap_err(),
+        Error::UnknownPool(_)
+    ));
+}
+
+/// In a group of pools sharing a transaction, a batch that is behind its
+/// pool's history is refused alone; the others are written.
+#[tokio::test]
+async fn a_group_refuses_only_the_conflicting_batch() {
+    let (journal, first, _) = journal_with_pool("group-a").await;
+    let second = PoolId::new("group-b").unwrap();
+    let third = PoolId::new("group-c").unwrap();
+    for id in [&second, &third] {
+        journal
+            .create_pool(id, "test", &raw(json!({ "size": 1 })))
+            .await
+            .unwrap();
+    }
+    journal
+        .append(&append(&second, 0, events(1)))
+        .await
+        .unwrap();
+    let results = journal
+        .append_many(&[
+            append(&first, 0, events(2)),
+            append(&second, 0, events(1)),
+            append(&third, 0, events(3)),
+        ])
+        .await;
+    assert_eq!(results[0].as_ref().unwrap(), &SeqNr(2));
+    assert!(
+        matches!(results[1], Err(Error::Conflict { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().unwrap(), &SeqNr(3));
+    assert_eq!(journal.last_seq(&second).await.unwrap(), SeqNr(1));
+    assert_eq!(journal.last_seq(&third).await.unwrap(), SeqNr(3));
+}
