@@ -8,6 +8,10 @@ CREATE TABLE pools (
     -- Pools hash to a fixed number of shards; ownership is leased per shard.
     shard          integer NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
+    -- Where the pool's history ends. Appends lock the row, compare this with
+    -- the seq they continue from, and move it: reading it through the lock
+    -- gives the value a writer that was waited on left behind.
+    last_seq       bigint NOT NULL DEFAULT 0,
     -- Set when the pool's events cannot be replayed; it then refuses commands.
     failed_reason  text
 );

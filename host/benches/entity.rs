@@ -7,7 +7,8 @@
 //!
 //! The load is open-loop: commands are sent on a fixed schedule and latency is
 //! measured from when each was due, so a slow system cannot hide its queue.
-//! Uses `DATABASE_URL` when set, else an embedded PostgreSQL in `target/`.
+//! Uses `DATABASE_URL` when set, else an embedded PostgreSQL in the system's
+//! temporary folder.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) => url,
         Err(_) => {
-            let server = EmbeddedPostgres::start(&dev::workspace_root().join("target/bench-pg"))?;
+            let server = EmbeddedPostgres::start(&dev::scratch_postgres_dir("bench"))?;
             let url = server.url("postgres");
             _server = server;
             url

@@ -35,11 +35,16 @@ impl PoolId {
     /// The shard the pool belongs to: FNV-1a of the id, so that every node
     /// and every version computes the same.
     pub fn shard(&self) -> u32 {
-        let hash = self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % u64::from(SHARDS)) as u32
+        (fnv1a(self.0.as_bytes()) % u64::from(SHARDS)) as u32
     }
+}
+
+/// FNV-1a, 64 bits: a hash that is the same on every machine and in every
+/// version, for placing things by name.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl fmt::Display for PoolId {

@@ -220,3 +220,58 @@ async fn a_group_refuses_only_the_conflicting_batch() {
     assert_eq!(journal.last_seq(&second).await.unwrap(), SeqNr(1));
     assert_eq!(journal.last_seq(&third).await.unwrap(), SeqNr(3));
 }
+
+/// A writer that waited for another writer's lock sees where that writer left
+/// the history: a batch decided on the old end is refused, even one that
+/// only records a rejection.
+#[tokio::test]
+async fn a_writer_that_waited_sees_the_new_end() {
+    let (journal, id, url) = journal_with_pool("waited").await;
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT last_seq FROM pools WHERE pool_id = 'waited' FOR NO KEY UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let mut stale = append(&id, 0, Vec::new());
+    stale.commands = vec![CommandRecord {
+        key: "release:r1".into(),
+        seq_nr: SeqNr(0),
+        outcome: raw(json!({ "rejected": { "code": "unknown_reservation" } })),
+    }];
+    let waiting = tokio::spawn({
+        let journal = journal.clone();
+        async move { journal.append(&stale).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the append should be waiting for the lock"
+    );
+
+    // The other writer extends the history, as an append would, and commits.
+    sqlx::query(
+        "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
+         VALUES ('waited', 1, '{}', 'x', 'x', 'x', 'x')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE pools SET last_seq = 1 WHERE pool_id = 'waited'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let result = waiting.await.unwrap();
+    assert!(matches!(result, Err(Error::Conflict { .. })), "{result:?}");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded, 0,
+        "a rejection decided on a stale state was recorded"
+    );
+}

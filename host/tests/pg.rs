@@ -7,10 +7,7 @@ use allot_host::pg::{EmbeddedPostgres, Error};
 use sqlx::Connection;
 
 fn folder(name: &str) -> PathBuf {
-    dev::workspace_root()
-        .join("target")
-        .join("test-pg")
-        .join(name)
+    dev::scratch_postgres_dir(name)
 }
 
 async fn query_one(url: &str, sql: &'static str) -> sqlx::Result<i64> {

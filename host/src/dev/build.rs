@@ -34,6 +34,18 @@ pub enum BuildError {
     },
 }
 
+/// A folder for a private PostgreSQL of tests and benchmarks, per checkout.
+///
+/// Under the system's temporary folder rather than `target/`: when the host
+/// runs as root the server runs as another user, who may not be able to
+/// reach a checkout inside a private home directory.
+pub fn scratch_postgres_dir(name: &str) -> PathBuf {
+    let checkout = crate::ids::fnv1a(workspace_root().as_os_str().as_encoded_bytes());
+    std::env::temp_dir()
+        .join(format!("allot-pg-{checkout:016x}"))
+        .join(name)
+}
+
 /// The root of this source checkout (the directory of the workspace `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,4 +3,6 @@
 
 mod build;
 
-pub use build::{BuildError, PLUGIN_PROFILE, WASM_TARGET, build_plugins, workspace_root};
+pub use build::{
+    BuildError, PLUGIN_PROFILE, WASM_TARGET, build_plugins, scratch_postgres_dir, workspace_root,
+};

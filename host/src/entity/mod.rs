@@ -29,7 +29,9 @@ pub struct Request {
     /// For type-specific commands: a key that makes retries safe. Reserve,
     /// release and confirm use their reservation id.
     pub idempotency_key: Option<String>,
-    /// When the caller stops waiting; after it, the command is not decided.
+    /// When the caller stops waiting. A command still queued then is not
+    /// decided; one already being decided may still take effect, so a caller
+    /// who got [`Error::DeadlinePassed`] retries with the same key.
     pub deadline: Instant,
 }
 
@@ -40,9 +42,10 @@ impl Request {
             Command::Reserve { id, .. } => Some(format!("reserve:{id}")),
             Command::Release { id } => Some(format!("release:{id}")),
             Command::Confirm { id } => Some(format!("confirm:{id}")),
-            Command::Custom { name, .. } => {
-                self.idempotency_key.as_ref().map(|k| format!("{name}:{k}"))
-            }
+            Command::Custom { name, .. } => self
+                .idempotency_key
+                .as_ref()
+                .map(|k| format!("custom:{name}:{k}")),
         }
     }
 }
@@ -101,8 +104,9 @@ pub enum Error {
     /// The pool's mailbox is full.
     #[error("pool {0} is overloaded; retry shortly")]
     Overloaded(PoolId),
-    /// The deadline passed before the command was decided.
-    #[error("the command's deadline passed before it was decided")]
+    /// The deadline passed before an outcome was known. Retry with the same
+    /// idempotency key: the command may have taken effect.
+    #[error("the command's deadline passed before its outcome was known")]
     DeadlinePassed,
     /// The pool cannot be rebuilt from its history.
     #[error("pool {pool} has failed: {reason}")]

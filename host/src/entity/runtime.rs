@@ -164,26 +164,24 @@ impl Runtime {
     /// Stops taking commands, lets every entity finish what is queued and
     /// passivate, and waits for them.
     pub async fn shutdown(&self) {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let handles: Vec<Handle> = self
-            .inner
-            .entities
-            .lock()
-            .expect("entity table")
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
-        for handle in handles {
-            drop(handle.mailbox);
-            let _ = handle.task.await;
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut entities = self.inner.entities.lock().expect("entity table");
+            self.inner.shutting_down.store(true, Ordering::SeqCst);
+            // Dropping every mailbox first lets all entities passivate at once.
+            entities.drain().map(|(_, handle)| handle.task).collect()
+        };
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
     fn send(&self, pool: &PoolId, envelope: Envelope) -> Result<()> {
+        let mut entities = self.inner.entities.lock().expect("entity table");
+        // Checked under the lock: shutdown sets it while holding the lock,
+        // so no entity can start after shutdown has taken the table.
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
-        let mut entities = self.inner.entities.lock().expect("entity table");
         let mut envelope = envelope;
         // Twice at most: an entity that died leaves a closed mailbox behind,
         // which is replaced by a fresh entity once.

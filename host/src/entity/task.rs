@@ -59,8 +59,17 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        if let Err(error) = entity.process(&runtime, batch).await {
-            tracing::warn!("append failed, rebuilding from the journal: {error}");
+        let outcome = entity.process(&runtime, batch).await;
+        // A pool whose instance could not be rebuilt after a plugin fault is
+        // rebuilt from the journal; only a history that cannot be replayed
+        // marks it failed for good.
+        let rebuild = match &outcome {
+            Err(error) => Some(format!("append failed: {error}")),
+            Ok(()) if entity.live.is_failed() => Some("its instance failed".to_owned()),
+            Ok(()) => None,
+        };
+        if let Some(why) = rebuild {
+            tracing::warn!("{why}; rebuilding from the journal");
             entity = match Entity::recover(&runtime, &pool).await {
                 Ok(entity) => entity,
                 Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
@@ -81,29 +90,35 @@ async fn refuse_all(
     error: Error,
 ) {
     tracing::warn!("cannot activate: {error}");
-    let reason = error.to_string();
-    let failed = matches!(error, Error::PoolFailed { .. });
-    let mut first = Some(error);
     loop {
         while let Ok(envelope) = inbox.try_recv() {
-            let error = first.take().unwrap_or_else(|| {
-                if failed {
-                    Error::PoolFailed {
-                        pool: pool.clone(),
-                        reason: reason.clone(),
-                    }
-                } else {
-                    Error::ShuttingDown
-                }
-            });
             match envelope {
-                Envelope::Command(_, reply) => drop(reply.send(Err(error))),
-                Envelope::View(reply) => drop(reply.send(Err(error))),
+                Envelope::Command(_, reply) => drop(reply.send(Err(same_error(&error)))),
+                Envelope::View(reply) => drop(reply.send(Err(same_error(&error)))),
             }
         }
         if runtime.retire(pool, generation, &inbox) {
             return;
         }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Entity errors are not `Clone`; callers queued behind a failed activation
+/// each get one of the same kind, so that what is final stays final and
+/// what is retryable stays retryable.
+fn same_error(error: &Error) -> Error {
+    match error {
+        Error::UnknownPool(pool) => Error::UnknownPool(pool.clone()),
+        Error::UnknownCapacityType(t) => Error::UnknownCapacityType(t.clone()),
+        Error::PoolFailed { pool, reason } => Error::PoolFailed {
+            pool: pool.clone(),
+            reason: reason.clone(),
+        },
+        Error::Journal(e) => Error::Journal(retryable_copy(e)),
+        other => Error::Journal(crate::journal::Error::Database(sqlx::Error::Protocol(
+            other.to_string(),
+        ))),
     }
 }
 
@@ -247,9 +262,6 @@ impl Entity {
             let decision = match self.live.decide(&request.context, &request.command) {
                 Ok(decision) => decision,
                 Err(error) => {
-                    if let sandbox::Error::Failed(reason) = &error {
-                        let _ = runtime.journal.mark_failed(&self.id, reason).await;
-                    }
                     let _ = reply.send(Err(Error::Plugin(error)));
                     continue;
                 }

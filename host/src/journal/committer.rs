@@ -24,9 +24,10 @@ impl Committer {
     /// Starts `writers` writer tasks, each writing up to `max_group` batches
     /// per transaction. They stop when the last clone of the committer is dropped.
     pub fn start(journal: Journal, writers: usize, max_group: usize) -> Self {
+        let (writers, max_group) = (writers.max(1), max_group.max(1));
         let (queue, jobs) = mpsc::channel::<Job>(max_group * writers * 4);
         let jobs = Arc::new(Mutex::new(jobs));
-        for _ in 0..writers.max(1) {
+        for _ in 0..writers {
             tokio::spawn(write(journal.clone(), jobs.clone(), max_group));
         }
         Self { queue }

@@ -267,7 +267,21 @@ impl Journal {
     /// the same pool is refused as a conflict.
     pub async fn append_many(&self, batches: &[Append]) -> Vec<Result<SeqNr>> {
         let mut results: Vec<Option<Result<SeqNr>>> = batches.iter().map(|_| None).collect();
-        if let Err(error) = self.write_group(batches, &mut results).await {
+        let outcome = self.write_group(batches, &mut results).await;
+        if outcome.is_err() && batches.len() > 1 {
+            // One poisoned batch (say, an event PostgreSQL will not store)
+            // must not sink the others: write them one at a time instead.
+            tracing::warn!(
+                "group append failed, writing its {} batches one by one",
+                batches.len()
+            );
+            let mut alone = Vec::with_capacity(batches.len());
+            for batch in batches {
+                alone.push(Box::pin(self.append(batch)).await);
+            }
+            return alone;
+        }
+        if let Err(error) = outcome {
             let kind = GroupError(error);
             for result in results.iter_mut() {
                 if !matches!(result, Some(Err(_))) {
@@ -315,13 +329,16 @@ impl Journal {
             }
         }
 
-        // Row locks order writers of a pool; taken in id order so that two
-        // groups never wait on each other in a cycle. Under them, each
-        // history must end where its writer believes it does.
+        // Row locks order the writers of a pool; taken in id order so that
+        // two groups never wait on each other in a cycle. Under them, each
+        // history must end where its writer believes it does. `last_seq` is a
+        // column of the locked row itself: after waiting for a lock, PostgreSQL
+        // hands back the row as the previous writer left it, which a
+        // subquery over `events` would not see (it reads the statement's
+        // snapshot, taken before the wait).
         let ids: Vec<&str> = batches.iter().map(|b| b.pool.as_str()).collect();
         let ends: HashMap<String, i64> = sqlx::query_as(
-            "SELECT pool_id, (SELECT COALESCE(max(seq_nr), 0) FROM events e WHERE e.pool_id = p.pool_id)
-             FROM pools p WHERE pool_id = ANY($1) ORDER BY pool_id FOR UPDATE",
+            "SELECT pool_id, last_seq FROM pools WHERE pool_id = ANY($1) ORDER BY pool_id FOR NO KEY UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -392,12 +409,30 @@ impl Journal {
             .await
             .map_err(unique_is_conflict(going[0]))?;
         }
+        let moved: Vec<&Append> = going
+            .iter()
+            .copied()
+            .filter(|b| !b.events.is_empty())
+            .collect();
+        if !moved.is_empty() {
+            let pools: Vec<&str> = moved.iter().map(|b| b.pool.as_str()).collect();
+            let ends: Vec<i64> = moved.iter().map(|b| b.end().0).collect();
+            sqlx::query(
+                "UPDATE pools p SET last_seq = u.last_seq
+                 FROM UNNEST($1::text[], $2::bigint[]) AS u(pool_id, last_seq) WHERE p.pool_id = u.pool_id",
+            )
+            .bind(&pools)
+            .bind(&ends)
+            .execute(&mut *tx)
+            .await?;
+        }
         if !views.pools.is_empty() {
             sqlx::query(
                 "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
                  ON CONFLICT (pool_id) DO UPDATE
-                 SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()",
+                 SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
+                 WHERE pool_views.seq_nr <= EXCLUDED.seq_nr",
             )
             .bind(&views.pools)
             .bind(&views.types)

@@ -138,6 +138,7 @@ impl PoolInstance {
                     .into_iter()
                     .enumerate()
                     .map(|(i, event)| {
+                        storable("decide", &event)?;
                         RawValue::from_string(event).map_err(|e| {
                             bad_output("decide", format!("event {i} is not JSON: {e}"))
                         })
@@ -184,6 +185,7 @@ impl PoolInstance {
                 .pool()
                 .call_view(store, pool)
         })?;
+        storable("view", &view.details)?;
         let details = RawValue::from_string(view.details)
             .map_err(|e| bad_output("view", format!("details are not JSON: {e}")))?;
         let mut keys = HashSet::with_capacity(view.cells.len());
@@ -276,8 +278,21 @@ fn checked_problem(call: &'static str, problem: wit::Problem) -> Result<Problem>
     Ok(problem)
 }
 
+/// PostgreSQL stores no NUL character in text or JSONB; refusing one here
+/// keeps a single bad decision from failing the append it would share.
+fn storable(call: &'static str, text: &str) -> Result<()> {
+    if text.contains('\0') || text.contains("\\u0000") {
+        return Err(bad_output(
+            call,
+            "the output contains a NUL character, which cannot be stored".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Codes reach API clients, who branch on them: they must be short names.
 fn check_problem(call: &'static str, problem: &Problem) -> Result<()> {
+    storable(call, &problem.message)?;
     if is_code(&problem.code) {
         Ok(())
     } else {

@@ -74,6 +74,11 @@ impl LivePool {
         }
     }
 
+    /// Whether the pool could not be rebuilt after a fault and refuses calls.
+    pub fn is_failed(&self) -> bool {
+        self.instance.is_err()
+    }
+
     /// The pool's id.
     pub fn id(&self) -> &str {
         &self.id

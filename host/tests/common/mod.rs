@@ -81,10 +81,7 @@ pub async fn database() -> String {
             let server = SERVER.get_or_init(|| {
                 let binary = std::env::current_exe().unwrap();
                 let name = binary.file_stem().unwrap().to_string_lossy().into_owned();
-                let dir = dev::workspace_root()
-                    .join("target")
-                    .join("test-pg")
-                    .join(name);
+                let dir = dev::scratch_postgres_dir(&name);
                 Some(
                     allot_host::pg::EmbeddedPostgres::start(&dir).unwrap_or_else(|e| panic!("{e}")),
                 )
