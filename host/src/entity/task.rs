@@ -115,7 +115,7 @@ fn same_error(error: &Error) -> Error {
             pool: pool.clone(),
             reason: reason.clone(),
         },
-        Error::Journal(e) => Error::Journal(retryable_copy(e)),
+        Error::Journal(e) => Error::Journal(e.duplicate()),
         other => Error::Journal(crate::journal::Error::Database(sqlx::Error::Protocol(
             other.to_string(),
         ))),
@@ -306,10 +306,10 @@ impl Entity {
                 Ok(end) => self.seq = end,
                 Err(error) => {
                     for (reply, _) in answers {
-                        let _ = reply.send(Err(Error::Journal(retryable_copy(&error))));
+                        let _ = reply.send(Err(Error::Journal(error.duplicate())));
                     }
                     for reply in views {
-                        let _ = reply.send(Err(Error::Journal(retryable_copy(&error))));
+                        let _ = reply.send(Err(Error::Journal(error.duplicate())));
                     }
                     return Err(error);
                 }
@@ -361,22 +361,5 @@ fn fail(pool: &PoolId, reason: String) -> Error {
     Error::PoolFailed {
         pool: pool.clone(),
         reason,
-    }
-}
-
-/// Journal errors are not `Clone`; every command of a failed batch gets an
-/// error of the same kind.
-fn retryable_copy(error: &crate::journal::Error) -> crate::journal::Error {
-    use crate::journal::Error as E;
-    match error {
-        E::Conflict { pool, expected } => E::Conflict {
-            pool: pool.clone(),
-            expected: *expected,
-        },
-        E::Fenced { shard, epoch } => E::Fenced {
-            shard: *shard,
-            epoch: *epoch,
-        },
-        other => E::Database(sqlx::Error::Protocol(other.to_string())),
     }
 }

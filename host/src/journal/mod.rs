@@ -64,6 +64,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// An error of the same kind and message, for each of several callers
+    /// that one failure answers (errors of sqlx are not `Clone`).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Conflict { pool, expected } => Error::Conflict {
+                pool: pool.clone(),
+                expected: *expected,
+            },
+            Error::Fenced { shard, epoch } => Error::Fenced {
+                shard: *shard,
+                epoch: *epoch,
+            },
+            other => Error::Database(sqlx::Error::Protocol(other.to_string())),
+        }
+    }
+
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -282,10 +298,10 @@ impl Journal {
             return alone;
         }
         if let Err(error) = outcome {
-            let kind = GroupError(error);
+            let kind = error;
             for result in results.iter_mut() {
                 if !matches!(result, Some(Err(_))) {
-                    *result = Some(Err(kind.copy()));
+                    *result = Some(Err(kind.duplicate()));
                 }
             }
         }
@@ -593,26 +609,6 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
             expected: batch.expected,
         },
         _ => Error::Database(error),
-    }
-}
-
-/// A failure of a whole group, handed to each of its batches. Journal errors
-/// are not `Clone`; each batch gets one of the same kind and message.
-struct GroupError(Error);
-
-impl GroupError {
-    fn copy(&self) -> Error {
-        match &self.0 {
-            Error::Conflict { pool, expected } => Error::Conflict {
-                pool: pool.clone(),
-                expected: *expected,
-            },
-            Error::Fenced { shard, epoch } => Error::Fenced {
-                shard: *shard,
-                epoch: *epoch,
-            },
-            other => Error::Database(sqlx::Error::Protocol(other.to_string())),
-        }
     }
 }
 
