@@ -14,6 +14,8 @@
 //!   database URL is configured.
 //! * [`dev`] builds the workspace's plugin crates into components, for local
 //!   development, tests and benchmarks.
+//! * [`ids`] holds the identifiers the stages pass along: pool ids (and their
+//!   shards) and sequence numbers.
 
 pub mod dev;
 pub mod entity;
