@@ -140,6 +140,7 @@ fn reserve(id: String, deadline: Instant) -> Request {
             id,
             request: RawValue::from_string(r#"{"units": 1}"#.into()).expect("JSON"),
         },
+        actor: "bench (checkout)".into(),
         idempotency_key: None,
         deadline,
     }

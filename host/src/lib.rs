@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! * [`api`] answers HTTP: checkout, planning and the capacity grid, with
+//!   roles by bearer token and every error as a JSON problem.
 //! * [`entity`] runs one task per active pool: a bounded mailbox, commands
 //!   decided one at a time in batches, events appended before anyone is
 //!   answered, snapshots, passivation and recovery.
@@ -10,16 +12,28 @@
 //!   a deadline and a memory cap.
 //! * [`journal`] stores pools, events, snapshots, command outcomes and the
 //!   read-model rows in PostgreSQL, with fenced, sequence-checked appends.
+//! * [`view`] keeps every pool's latest view in memory on every node,
+//!   refreshed from PostgreSQL, for the capacity grid.
+//! * [`node`] puts the stages together into a running node: config,
+//!   plugins, HTTP server, shutdown.
+//! * [`metrics`] holds the Prometheus metrics the stages record.
 //! * [`pg`] starts a private PostgreSQL from the machine's binaries when no
 //!   database URL is configured.
+//! * [`cli`] is the `allot` command line: `serve`, `dev`, plugins, and a
+//!   client of the API for pools, reservations and the grid.
 //! * [`dev`] builds the workspace's plugin crates into components, for local
 //!   development, tests and benchmarks.
 //! * [`ids`] holds the identifiers the stages pass along: pool ids (and their
 //!   shards) and sequence numbers.
 
+pub mod api;
+pub mod cli;
 pub mod dev;
 pub mod entity;
 pub mod ids;
 pub mod journal;
+pub mod metrics;
+pub mod node;
 pub mod pg;
 pub mod sandbox;
+pub mod view;

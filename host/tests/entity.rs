@@ -26,6 +26,7 @@ fn request(command: Command) -> Request {
             role: Role::Checkout,
         },
         command,
+        actor: "test (checkout)".into(),
         idempotency_key: None,
         deadline: Instant::now() + Duration::from_secs(10),
     }

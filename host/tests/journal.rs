@@ -27,6 +27,7 @@ fn events(n: usize) -> Vec<NewEvent> {
         .map(|i| NewEvent {
             payload: raw(json!({ "n": i })),
             request_id: format!("req-{i}"),
+            actor: "test (checkout)".into(),
         })
         .collect()
 }

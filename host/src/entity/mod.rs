@@ -7,6 +7,7 @@
 //! of them get a retryable error and the entity rebuilds from the journal, so
 //! nothing unpersisted is ever visible.
 
+mod history;
 mod runtime;
 mod task;
 
@@ -17,6 +18,7 @@ use crate::ids::{PoolId, SeqNr};
 use crate::journal;
 use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
+pub use history::Point;
 pub use runtime::{Runtime, Settings};
 
 /// A command for a pool, with what the host needs to run it.
@@ -26,6 +28,8 @@ pub struct Request {
     pub context: Context,
     /// The command.
     pub command: Command,
+    /// Who sent it (name and role), recorded with its events.
+    pub actor: String,
     /// For type-specific commands: a key that makes retries safe. Reserve,
     /// release and confirm use their reservation id.
     pub idempotency_key: Option<String>,

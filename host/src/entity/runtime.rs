@@ -15,6 +15,7 @@ use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{self, Committer, Journal};
+use crate::metrics::metrics;
 use crate::sandbox::{Plugin, PoolInstance, View};
 
 /// How entities behave.
@@ -106,6 +107,14 @@ impl Runtime {
             .insert(capacity_type, plugin);
     }
 
+    /// The loaded plugins, by capacity type.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        let plugins = self.inner.plugins.read().expect("plugin table");
+        let mut all: Vec<Arc<Plugin>> = plugins.values().cloned().collect();
+        all.sort_by(|a, b| a.info().capacity_type.cmp(&b.info().capacity_type));
+        all
+    }
+
     /// The plugin for a capacity type.
     pub fn plugin(&self, capacity_type: &str) -> Result<Arc<Plugin>> {
         self.inner.plugin(capacity_type)
@@ -186,9 +195,11 @@ impl Runtime {
         // Twice at most: an entity that died leaves a closed mailbox behind,
         // which is replaced by a fresh entity once.
         for _ in 0..2 {
-            let handle = entities
-                .entry(pool.clone())
-                .or_insert_with(|| self.spawn(pool.clone()));
+            if !entities.contains_key(pool) {
+                entities.insert(pool.clone(), self.spawn(pool.clone()));
+                metrics().active_pools.set(entities.len() as i64);
+            }
+            let handle = entities.get(pool).expect("just inserted");
             match handle.mailbox.try_send(envelope) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -238,6 +249,7 @@ impl Inner {
         match entities.get(pool) {
             Some(handle) if handle.generation == generation && inbox.is_empty() => {
                 entities.remove(pool);
+                metrics().active_pools.set(entities.len() as i64);
                 true
             }
             Some(handle) if handle.generation == generation => false,

@@ -9,8 +9,11 @@ use tokio::time::{Instant, timeout};
 
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
+use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, LivePool, View};
 
 /// Events read from the journal per query while recovering.
@@ -31,6 +34,8 @@ struct Entity {
     seq: SeqNr,
     snapshot_seq: SeqNr,
     outcomes: HashMap<String, Outcome>,
+    /// The plugin-call histogram of this pool's capacity type, looked up once.
+    decide_seconds: Histogram,
 }
 
 #[tracing::instrument(name = "entity", skip_all, fields(pool = %pool, generation))]
@@ -52,6 +57,7 @@ pub(super) async fn run(
             Err(_idle) if runtime.retire(&pool, generation, &inbox) => break,
             Err(_idle) => continue,
         };
+        metrics().mailbox_depth.observe(inbox.len() as f64 + 1.0);
         let mut batch = vec![first];
         while batch.len() < runtime.settings.max_batch {
             match inbox.try_recv() {
@@ -59,6 +65,7 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
+        metrics().batch_size.observe(batch.len() as f64);
         let outcome = entity.process(&runtime, batch).await;
         // A pool whose instance could not be rebuilt after a plugin fault is
         // rebuilt from the journal; only a history that cannot be replayed
@@ -208,7 +215,15 @@ impl Entity {
             "pool recovered"
         );
         let info = plugin.info();
+        let decide_seconds = metrics()
+            .plugin_calls
+            .get_or_create(&PluginLabels {
+                capacity_type: record.capacity_type.clone(),
+                call: "decide",
+            })
+            .clone();
         Ok(Self {
+            decide_seconds,
             id: id.clone(),
             capacity_type: Arc::from(record.capacity_type),
             plugin: Arc::new(PluginRef {
@@ -259,7 +274,10 @@ impl Entity {
                 answers.push((reply, known.clone()));
                 continue;
             }
-            let decision = match self.live.decide(&request.context, &request.command) {
+            let started = std::time::Instant::now();
+            let decided = self.live.decide(&request.context, &request.command);
+            self.decide_seconds.observe(started.elapsed().as_secs_f64());
+            let decision = match decided {
                 Ok(decision) => decision,
                 Err(error) => {
                     let _ = reply.send(Err(Error::Plugin(error)));
@@ -270,6 +288,7 @@ impl Entity {
                 events.extend(new.iter().map(|payload| NewEvent {
                     payload: payload.clone(),
                     request_id: request.context.request_id.clone(),
+                    actor: request.actor.clone(),
                 }));
             }
             let outcome = Outcome::decided(self.seq.after(events.len()), decision);

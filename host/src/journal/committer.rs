@@ -62,7 +62,13 @@ async fn write(journal: Journal, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, max_grou
             }
         }
         let (batches, replies): (Vec<Append>, Vec<_>) = group.into_iter().unzip();
+        let started = std::time::Instant::now();
         let results = journal.append_many(&batches).await;
+        let metrics = crate::metrics::metrics();
+        metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.group_size.observe(batches.len() as f64);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }

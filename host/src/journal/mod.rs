@@ -132,6 +132,8 @@ pub struct NewEvent {
     pub payload: Json,
     /// The request that caused it.
     pub request_id: String,
+    /// Who sent that request: the caller's name and role.
+    pub actor: String,
 }
 
 /// The first outcome of a command with an idempotency key.
@@ -181,6 +183,42 @@ pub struct RecordedEvent {
     pub seq_nr: SeqNr,
     /// The event.
     pub payload: Json,
+}
+
+/// A stored event with its provenance, for the audit trail.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditedEvent {
+    /// Its position in the pool's history.
+    #[schema(value_type = i64)]
+    pub seq_nr: SeqNr,
+    /// The event, as the plugin wrote it.
+    #[schema(value_type = Object)]
+    pub payload: Json,
+    /// When it was appended.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub recorded_at: time::OffsetDateTime,
+    /// Who sent the command: the caller's name and role.
+    pub actor: String,
+    /// The request that caused it.
+    pub request_id: String,
+    /// The plugin that decided it.
+    pub plugin_name: String,
+    /// Its version.
+    pub plugin_version: String,
+    /// The content digest of its component.
+    pub plugin_digest: String,
+}
+
+/// The first outcome recorded for a command key.
+#[derive(Clone, Debug)]
+pub struct RecordedOutcome {
+    /// The pool's seq after the command.
+    pub seq_nr: SeqNr,
+    /// The outcome, as JSON.
+    pub outcome: Json,
+    /// When it was recorded.
+    pub recorded_at: time::OffsetDateTime,
 }
 
 /// A stored snapshot.
@@ -398,8 +436,8 @@ impl Journal {
         }
         if !events.seqs.is_empty() {
             sqlx::query(
-                "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[])",
+                "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
             )
             .bind(&events.pools)
             .bind(&events.seqs)
@@ -408,6 +446,7 @@ impl Journal {
             .bind(&events.plugin_versions)
             .bind(&events.plugin_digests)
             .bind(&events.requests)
+            .bind(&events.actors)
             .execute(&mut *tx)
             .await
             .map_err(unique_is_conflict(going[0]))?;
@@ -570,6 +609,103 @@ impl Journal {
         }))
     }
 
+    /// Events after `after`, at most `limit`, with who sent them and which
+    /// plugin decided them.
+    pub async fn audit(&self, id: &PoolId, after: SeqNr, limit: i64) -> Result<Vec<AuditedEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq_nr, payload::text AS payload, recorded_at, actor, request_id,
+                    plugin_name, plugin_version, plugin_digest
+             FROM events WHERE pool_id = $1 AND seq_nr > $2 ORDER BY seq_nr LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuditedEvent {
+                    seq_nr: SeqNr(row.get("seq_nr")),
+                    payload: json(id, row.get("payload"))?,
+                    recorded_at: row.get("recorded_at"),
+                    actor: row.get("actor"),
+                    request_id: row.get("request_id"),
+                    plugin_name: row.get("plugin_name"),
+                    plugin_version: row.get("plugin_version"),
+                    plugin_digest: row.get("plugin_digest"),
+                })
+            })
+            .collect()
+    }
+
+    /// The seq of the last event appended at or before `at` (0 if none).
+    pub async fn seq_at(&self, id: &PoolId, at: time::OffsetDateTime) -> Result<SeqNr> {
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(max(seq_nr), 0) FROM events WHERE pool_id = $1 AND recorded_at <= $2",
+        )
+        .bind(id.as_str())
+        .bind(at)
+        .fetch_one(&self.db)
+        .await?;
+        Ok(SeqNr(seq))
+    }
+
+    /// The newest snapshot in this state version that covers no more than
+    /// `seq_nr`: where rebuilding a past state can start.
+    pub async fn snapshot_before(
+        &self,
+        id: &PoolId,
+        state_version: u32,
+        seq_nr: SeqNr,
+    ) -> Result<Option<StoredSnapshot>> {
+        let row = sqlx::query(
+            "SELECT seq_nr, state, plugin_digest FROM snapshots
+             WHERE pool_id = $1 AND state_version = $2 AND seq_nr <= $3
+             ORDER BY seq_nr DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(state_version as i32)
+        .bind(seq_nr.0)
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(row.map(|row| StoredSnapshot {
+            seq_nr: SeqNr(row.get("seq_nr")),
+            snapshot: Snapshot {
+                state_version,
+                bytes: row.get("state"),
+            },
+            plugin_digest: row.get("plugin_digest"),
+        }))
+    }
+
+    /// The recorded outcomes of these command keys, by key.
+    pub async fn outcomes_of(
+        &self,
+        id: &PoolId,
+        keys: &[String],
+    ) -> Result<HashMap<String, RecordedOutcome>> {
+        let rows = sqlx::query(
+            "SELECT idempotency_key, seq_nr, outcome::text AS outcome, recorded_at
+             FROM commands WHERE pool_id = $1 AND idempotency_key = ANY($2)",
+        )
+        .bind(id.as_str())
+        .bind(keys)
+        .fetch_all(&self.db)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.get("idempotency_key"),
+                    RecordedOutcome {
+                        seq_nr: SeqNr(row.get("seq_nr")),
+                        outcome: json(id, row.get("outcome"))?,
+                        recorded_at: row.get("recorded_at"),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Every recorded command outcome of the pool, by key.
     pub async fn command_outcomes(&self, id: &PoolId) -> Result<Vec<(String, Json)>> {
         let rows = sqlx::query(
@@ -622,6 +758,7 @@ struct EventColumns<'a> {
     plugin_versions: Vec<&'a str>,
     plugin_digests: Vec<&'a str>,
     requests: Vec<&'a str>,
+    actors: Vec<&'a str>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -634,6 +771,7 @@ impl<'a> EventColumns<'a> {
             self.plugin_versions.push(&batch.plugin.version);
             self.plugin_digests.push(&batch.plugin.digest);
             self.requests.push(&event.request_id);
+            self.actors.push(&event.actor);
         }
     }
 }

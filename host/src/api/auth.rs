@@ -1,0 +1,196 @@
+//! Bearer tokens and the roles they carry.
+//!
+//! Tokens are kept as SHA-256 digests: a lookup compares digests, so the
+//! time it takes says nothing about how much of a token was right, and the
+//! tokens themselves are not held in memory longer than parsing takes.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+use super::AppState;
+use crate::sandbox::Role;
+
+/// A configured token.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who uses it (`checkout-web`, `planning-team`): recorded with every
+    /// event its commands cause.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The secret, as sent in `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Too short to be a secret.
+    #[error("the token of `{0}` is shorter than 16 characters")]
+    TooShort(String),
+    /// The `system` role is the host's own.
+    #[error("`{0}` has role `system`, which only the host itself uses")]
+    SystemRole(String),
+    /// Two names share a token.
+    #[error("`{0}` and `{1}` have the same token")]
+    Duplicate(String, String),
+    /// `ALLOT_TOKENS` is not `name=role:token,…`.
+    #[error("cannot read `{0}` in ALLOT_TOKENS: write `name=role:token`, separated by commas")]
+    Malformed(String),
+}
+
+/// The caller of a request: the name and role of its token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    /// The token's role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// `name (role)`, as recorded with events.
+    pub fn actor(&self) -> String {
+        format!("{} ({})", self.name, role_name(self.role))
+    }
+
+    /// Refuses the request unless the caller has one of these roles.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = roles.iter().map(|r| role_name(*r)).collect();
+        Err(ApiError::forbidden(format!(
+            "role `{}` may not do this; it takes {}",
+            role_name(self.role),
+            allowed.join(" or ")
+        )))
+    }
+}
+
+/// Roles that may reserve and read.
+pub const ANYONE: &[Role] = &[Role::Checkout, Role::Planner, Role::Operator];
+/// Roles that may shape capacity.
+pub const PLANNING: &[Role] = &[Role::Planner, Role::Operator];
+/// Roles that may manage the node.
+pub const OPERATING: &[Role] = &[Role::Operator];
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Checkout => "checkout",
+        Role::Planner => "planner",
+        Role::Operator => "operator",
+        Role::System => "system",
+    }
+}
+
+/// The tokens a node accepts.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    by_digest: HashMap<[u8; 32], Caller>,
+}
+
+impl Tokens {
+    /// The tokens of a config.
+    pub fn new(configs: &[TokenConfig]) -> Result<Self, TokenError> {
+        let mut by_digest: HashMap<[u8; 32], Caller> = HashMap::new();
+        for config in configs {
+            if config.token.chars().count() < 16 {
+                return Err(TokenError::TooShort(config.name.clone()));
+            }
+            if config.role == Role::System {
+                return Err(TokenError::SystemRole(config.name.clone()));
+            }
+            let caller = Caller {
+                name: config.name.clone(),
+                role: config.role,
+            };
+            if let Some(other) = by_digest.insert(digest(&config.token), caller) {
+                return Err(TokenError::Duplicate(other.name, config.name.clone()));
+            }
+        }
+        Ok(Self { by_digest })
+    }
+
+    /// Tokens from `name=role:token,name=role:token`, the form of the
+    /// `ALLOT_TOKENS` variable.
+    pub fn parse_list(list: &str) -> Result<Vec<TokenConfig>, TokenError> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let malformed =
+                    || TokenError::Malformed(entry.split(':').next().unwrap_or("").to_owned());
+                let (name, rest) = entry.split_once('=').ok_or_else(malformed)?;
+                let (role, token) = rest.split_once(':').ok_or_else(malformed)?;
+                let role = serde_json::from_value(serde_json::Value::String(role.into()))
+                    .map_err(|_| malformed())?;
+                Ok(TokenConfig {
+                    name: name.trim().to_owned(),
+                    role,
+                    token: token.trim().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// The caller a token belongs to.
+    pub fn caller(&self, token: &str) -> Option<&Caller> {
+        self.by_digest.get(&digest(token))
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthenticated("send `Authorization: Bearer <token>`"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
+            })?;
+        state
+            .tokens
+            .caller(token)
+            .cloned()
+            .ok_or_else(|| ApiError::unauthenticated("the token is not known to this node"))
+    }
+}

@@ -1,0 +1,273 @@
+//! Checkout: reserve capacity, release it, confirm a hold, read the outcome.
+//!
+//! A reservation id is the caller's: sending the same one again answers the
+//! first outcome and never takes capacity twice, which is what makes a
+//! retry after a timeout safe.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::ANYONE;
+use super::{ApiError, AppState, Body, Caller, Meta, Path, ProblemBody, client_id, pool_id};
+use crate::entity::{Outcome, Request};
+use crate::ids::{PoolId, SeqNr};
+use crate::sandbox::{Command, Context, Json};
+
+/// A reservation to make.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    /// The caller's reservation id: 1 to 128 ASCII letters, digits or
+    /// `-_.:/`. Unique within the pool; reuse it to retry.
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,128}$")]
+    pub id: String,
+    /// What to reserve, in the capacity type's own terms.
+    #[schema(value_type = Object)]
+    pub request: Json,
+}
+
+/// A command that was decided and recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decided {
+    /// The pool.
+    #[schema(value_type = String)]
+    pub pool: PoolId,
+    /// The pool's sequence number after the command's events.
+    #[schema(value_type = i64)]
+    pub seq_nr: SeqNr,
+    /// The events the capacity type decided, in order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Json>,
+}
+
+/// Path of a reservation.
+#[derive(Deserialize)]
+pub struct ReservationPath {
+    pool: String,
+    reservation: String,
+}
+
+/// A reservation's status, from the recorded outcomes of its commands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationStatus {
+    /// The pool.
+    #[schema(value_type = String)]
+    pub pool: PoolId,
+    /// The reservation id.
+    pub reservation: String,
+    /// `reserved`, `confirmed`, `released`, `rejected` or `invalid`.
+    pub status: String,
+    /// The outcome of the reservation itself.
+    #[schema(value_type = Object)]
+    pub reserve: Json,
+    /// The outcome of its release, if one was sent.
+    #[schema(value_type = Option<Object>)]
+    pub release: Option<Json>,
+    /// The outcome of its confirmation, if one was sent.
+    #[schema(value_type = Option<Object>)]
+    pub confirm: Option<Json>,
+}
+
+/// The answer to a command: its events, or the problem of a refusal.
+pub(super) fn decided(pool: PoolId, outcome: Outcome) -> Result<Decided, ApiError> {
+    match outcome {
+        Outcome::Accepted { seq_nr, events } => Ok(Decided {
+            pool,
+            seq_nr,
+            events,
+        }),
+        Outcome::Rejected { problem } => Err(ApiError::rejected(problem)),
+        Outcome::Invalid { problem } => Err(ApiError::invalid(problem)),
+    }
+}
+
+/// Runs a command on its pool for a caller.
+pub(super) async fn run(
+    state: &AppState,
+    caller: &Caller,
+    meta: Meta,
+    pool: &PoolId,
+    command: Command,
+    idempotency_key: Option<String>,
+) -> Result<Outcome, ApiError> {
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let request = Request {
+        context: Context {
+            now_ms: now_ms as i64,
+            request_id: meta.request_id,
+            role: caller.role,
+        },
+        command,
+        actor: caller.actor(),
+        idempotency_key,
+        deadline: meta.deadline,
+    };
+    Ok(state.runtime.execute(pool, request).await?)
+}
+
+/// Reserve capacity.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/reservations",
+    tag = "checkout",
+    params(("pool" = String, Path, description = "The pool's id (percent-encode `/` as `%2F`)", pattern = "^[A-Za-z0-9._:/-]{1,128}$")),
+    request_body = ReserveBody,
+    responses(
+        (status = 201, description = "Reserved (or reserved before with this id)", body = Decided),
+        (status = 400, description = "Malformed request or id", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 404, description = "No such pool", body = ProblemBody),
+        (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody),
+        (status = 422, description = "The request does not fit the capacity type", body = ProblemBody),
+        (status = 503, description = "Overloaded or out of time; retry with the same id", body = ProblemBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn reserve(
+    State(state): State<AppState>,
+    caller: Caller,
+    meta: Meta,
+    Path(pool): Path<String>,
+    Body(body): Body<ReserveBody>,
+) -> Result<(StatusCode, axum::Json<Decided>), ApiError> {
+    caller.require(ANYONE)?;
+    let pool = pool_id(&pool)?;
+    let id = client_id(&body.id)?;
+    let command = Command::Reserve {
+        id,
+        request: body.request,
+    };
+    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(decided(pool, outcome)?)))
+}
+
+/// Release a reservation: its capacity is free again.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/reservations/{reservation}/release",
+    tag = "checkout",
+    params(
+        ("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+        ("reservation" = String, Path, description = "The reservation id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+    ),
+    responses(
+        (status = 200, description = "Released (or released before)", body = Decided),
+        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 404, description = "No such pool", body = ProblemBody),
+        (status = 409, description = "The rules refuse it (an unknown reservation, say)", body = ProblemBody),
+        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    meta: Meta,
+    Path(path): Path<ReservationPath>,
+) -> Result<axum::Json<Decided>, ApiError> {
+    caller.require(ANYONE)?;
+    let pool = pool_id(&path.pool)?;
+    let command = Command::Release {
+        id: client_id(&path.reservation)?,
+    };
+    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
+    Ok(axum::Json(decided(pool, outcome)?))
+}
+
+/// Confirm a hold, for capacity types that hold before they book.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/reservations/{reservation}/confirm",
+    tag = "checkout",
+    params(
+        ("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+        ("reservation" = String, Path, description = "The reservation id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+    ),
+    responses(
+        (status = 200, description = "Confirmed (or confirmed before)", body = Decided),
+        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 404, description = "No such pool", body = ProblemBody),
+        (status = 409, description = "The rules refuse it (the hold expired, say)", body = ProblemBody),
+        (status = 422, description = "The capacity type has no holds", body = ProblemBody),
+        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    meta: Meta,
+    Path(path): Path<ReservationPath>,
+) -> Result<axum::Json<Decided>, ApiError> {
+    caller.require(ANYONE)?;
+    let pool = pool_id(&path.pool)?;
+    let command = Command::Confirm {
+        id: client_id(&path.reservation)?,
+    };
+    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
+    Ok(axum::Json(decided(pool, outcome)?))
+}
+
+/// Read what became of a reservation.
+#[utoipa::path(
+    get,
+    path = "/v1/pools/{pool}/reservations/{reservation}",
+    tag = "checkout",
+    params(
+        ("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+        ("reservation" = String, Path, description = "The reservation id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+    ),
+    responses(
+        (status = 200, description = "The reservation's outcomes", body = ReservationStatus),
+        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 404, description = "No such pool or reservation", body = ProblemBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn reservation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<ReservationPath>,
+) -> Result<axum::Json<ReservationStatus>, ApiError> {
+    caller.require(ANYONE)?;
+    let pool = pool_id(&path.pool)?;
+    let id = client_id(&path.reservation)?;
+    let journal = state.runtime.journal();
+    journal.pool(&pool).await?;
+    let keys = ["reserve", "release", "confirm"].map(|verb| format!("{verb}:{id}"));
+    let mut outcomes = journal.outcomes_of(&pool, &keys).await?;
+    let [reserve, release, confirm] = keys.map(|key| outcomes.remove(&key).map(|o| o.outcome));
+    let reserve = reserve.ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_reservation",
+            format!("pool `{pool}` has no reservation `{id}`"),
+        )
+    })?;
+    let kind = |outcome: &Json| match serde_json::from_str::<Outcome>(outcome.get()) {
+        Ok(Outcome::Accepted { .. }) => "accepted",
+        Ok(Outcome::Rejected { .. }) => "rejected",
+        Ok(Outcome::Invalid { .. }) => "invalid",
+        Err(_) => "unreadable",
+    };
+    let accepted = |outcome: &Option<Json>| outcome.as_ref().is_some_and(|o| kind(o) == "accepted");
+    let status = if accepted(&release) {
+        "released"
+    } else if accepted(&confirm) {
+        "confirmed"
+    } else {
+        match kind(&reserve) {
+            "accepted" => "reserved",
+            other => other,
+        }
+    };
+    Ok(axum::Json(ReservationStatus {
+        pool,
+        reservation: id,
+        status: status.to_owned(),
+        reserve,
+        release,
+        confirm,
+    }))
+}

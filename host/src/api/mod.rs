@@ -1,0 +1,271 @@
+//! The REST API: checkout, planning, the capacity grid, and the node's own
+//! routes (health, readiness, metrics, the OpenAPI document).
+//!
+//! One file per route group; [`router`] puts them together with what every
+//! route shares: auth (in the handlers, by the [`Caller`] extractor), a body
+//! size limit, request ids, metrics, and problem responses for every error.
+
+mod auth;
+mod checkout;
+mod error;
+mod grid;
+mod node;
+mod openapi;
+mod pools;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::time::Instant;
+
+pub use auth::{Caller, TokenConfig, TokenError, Tokens};
+pub use error::{ApiError, ProblemBody};
+pub use openapi::document;
+
+use crate::entity::Runtime;
+use crate::ids::PoolId;
+use crate::metrics::{RouteLabels, metrics};
+use crate::view::ReadModel;
+
+/// Largest request body taken, in bytes. Configs, requests and commands are
+/// small documents; anything larger is a mistake or an attack.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// How long a command may take when the caller does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest a caller may ask a command to take.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The header a caller sets its own deadline with, in milliseconds.
+pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("allot-timeout-ms");
+
+/// The request id header, taken from the caller when valid, else made up.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The pool entities of this node.
+    pub runtime: Runtime,
+    /// The capacity grid.
+    pub read_model: ReadModel,
+    /// Who may call.
+    pub tokens: Arc<Tokens>,
+    /// Cleared when the node starts shutting down, so that load balancers
+    /// stop sending before the listener closes.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The API's routes over this state.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/pools", post(pools::create))
+        .route("/pools/{pool}", get(pools::show))
+        .route("/pools/{pool}/commands", post(pools::command))
+        .route("/pools/{pool}/events", get(pools::events))
+        .route("/pools/{pool}/state", get(pools::state_at))
+        .route("/pools/{pool}/reservations", post(checkout::reserve))
+        .route(
+            "/pools/{pool}/reservations/{reservation}",
+            get(checkout::reservation),
+        )
+        .route(
+            "/pools/{pool}/reservations/{reservation}/release",
+            post(checkout::release),
+        )
+        .route(
+            "/pools/{pool}/reservations/{reservation}/confirm",
+            post(checkout::confirm),
+        )
+        .route("/grid", get(grid::grid))
+        .route("/capacity-types", get(node::capacity_types))
+        .route("/plugins", get(node::plugins));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(node::health))
+        .route("/readyz", get(node::ready))
+        .route("/metrics", get(node::metrics))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Gives every request an id and records its latency by route template.
+async fn observe(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| PoolId::new(v).is_ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let mut response = next.run(request).await;
+    metrics()
+        .http_requests
+        .get_or_create(&RouteLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+#[derive(Clone)]
+struct RequestId(String);
+
+/// What a command handler needs from the request besides its body: the
+/// request id and the deadline.
+pub struct Meta {
+    /// The request id.
+    pub request_id: String,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let timeout = match parts.headers.get(&TIMEOUT_HEADER) {
+            None => DEFAULT_TIMEOUT,
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .filter(|t| !t.is_zero() && *t <= MAX_TIMEOUT)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_timeout",
+                        format!(
+                            "{TIMEOUT_HEADER} must be a number of milliseconds from 1 to {}",
+                            MAX_TIMEOUT.as_millis()
+                        ),
+                    )
+                })?,
+        };
+        Ok(Self {
+            request_id,
+            deadline: Instant::now() + timeout,
+        })
+    }
+}
+
+/// A JSON body whose rejections are problems.
+///
+/// Text with NUL characters is refused here: PostgreSQL cannot store them,
+/// and a plugin that echoed one back (in a message, say) would fail.
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let json_content = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == mime::APPLICATION
+                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+            });
+        if !json_content {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(ApiError::from_bytes_rejection)?;
+        if bytes.windows(6).any(|w| w == b"\\u0000") {
+            return Err(ApiError::bad_request(
+                "nul_character",
+                "the body contains a NUL character (\\u0000), which cannot be stored",
+            ));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Self(value))
+    }
+}
+
+/// Query parameters whose rejections are problems.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Path parameters whose rejections are problems.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Checks a pool id from a path.
+fn pool_id(id: &str) -> Result<PoolId, ApiError> {
+    Ok(PoolId::new(id)?)
+}
+
+/// Checks a reservation id or idempotency key: the same rules as pool ids.
+fn client_id(id: &str) -> Result<String, ApiError> {
+    PoolId::new(id)?;
+    Ok(id.to_owned())
+}
+
+/// Marks the node as no longer ready.
+pub fn set_ready(state: &AppState, ready: bool) {
+    state.ready.store(ready, Ordering::SeqCst);
+}

@@ -1,0 +1,168 @@
+//! `allot dev`: the whole product on one machine, from a fresh clone, with
+//! one command.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+
+use super::plugins::{BUNDLED, build};
+use crate::api::TokenConfig;
+use crate::dev;
+use crate::ids::PoolId;
+use crate::node::{Config, Node};
+use crate::sandbox::Role;
+
+#[derive(Args)]
+pub(super) struct DevArgs {
+    /// The port the API listens on (loopback only).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Start from an empty database: delete the dev PostgreSQL's data first.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// The dev setup's tokens: well known, which is fine on loopback and nowhere else.
+const TOKENS: &[(&str, Role, &str)] = &[
+    ("dev-checkout", Role::Checkout, "dev-checkout-token"),
+    ("dev-planner", Role::Planner, "dev-planner-token"),
+    ("dev-operator", Role::Operator, "dev-operator-token"),
+];
+
+pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let plugins = tokio::task::spawn_blocking(|| build(BUNDLED)).await??;
+
+    let data_dir = dev::scratch_postgres_dir("dev");
+    if args.fresh && data_dir.exists() {
+        eprintln!("deleting the dev database in {} …", data_dir.display());
+        std::fs::remove_dir_all(&data_dir)?;
+    }
+    eprintln!("starting PostgreSQL (data in {}) …", data_dir.display());
+    let config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+        data_dir: Some(data_dir),
+        plugins,
+        tokens: TOKENS
+            .iter()
+            .map(|(name, role, token)| TokenConfig {
+                name: (*name).to_owned(),
+                role: *role,
+                token: (*token).to_owned(),
+            })
+            .collect(),
+        ..Config::default()
+    };
+    let node = Node::start(config).await?;
+
+    let tomorrow = (OffsetDateTime::now_utc() + Duration::days(1)).date();
+    let mut pools = Vec::new();
+    for (id, capacity_type, config) in examples(tomorrow) {
+        let pool = PoolId::new(&id)?;
+        let raw = serde_json::value::to_raw_value(&config)?;
+        node.runtime()
+            .create_pool(&pool, capacity_type, &raw)
+            .await?;
+        pools.push((id, capacity_type));
+    }
+
+    let url = node.url();
+    println!();
+    println!(
+        "Allot is running at {url}  (ready in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("Tokens (send as `Authorization: Bearer <token>`):");
+    for (name, _, token) in TOKENS {
+        println!("  {name:<14} {token}");
+    }
+    println!();
+    println!("Example pools:");
+    for (id, capacity_type) in &pools {
+        println!("  {id:<34} {capacity_type}");
+    }
+    let (first, _) = &pools[0];
+    println!();
+    println!("Try:");
+    println!("  export ALLOT_URL={url} ALLOT_TOKEN=dev-planner-token");
+    println!("  cargo run -p allot-host -- grid");
+    println!(
+        "  cargo run -p allot-host -- reserve {first} order-1 '{{\"slot\": \"08-10\", \"stops\": 1, \"weight_kg\": 12}}'"
+    );
+    println!("  curl -H 'Authorization: Bearer dev-checkout-token' {url}/v1/grid");
+    println!("  API reference: {url}/openapi.json");
+    println!();
+    println!("Ctrl-C stops it; the data stays for the next run (`--fresh` starts over).");
+
+    super::shutdown_signal().await;
+    eprintln!("shutting down …");
+    node.stop().await;
+    Ok(true)
+}
+
+/// A handful of pools of each bundled type, for tomorrow.
+fn examples(day: time::Date) -> Vec<(String, &'static str, Value)> {
+    let date = format!(
+        "{:04}-{:02}-{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    );
+    let slots = json!([
+        { "id": "08-10", "start": "08:00", "end": "10:00" },
+        { "id": "10-12", "start": "10:00", "end": "12:00" },
+        { "id": "12-14", "start": "12:00", "end": "14:00" },
+        { "id": "16-18", "start": "16:00", "end": "18:00" },
+        { "id": "18-20", "start": "18:00", "end": "20:00" },
+    ]);
+    let van = |id: &str, start: &str, end: &str| json!({ "id": id, "shift_start": start, "shift_end": end, "stops_per_hour": 3, "max_weight_kg": 400 });
+    vec![
+        (
+            format!("berlin-mitte.{date}"),
+            "logistics",
+            json!({
+                "area": "berlin-mitte", "date": date, "utc_offset": "+01:00",
+                "slots": slots,
+                "vans": [van("van-1", "08:00", "14:00"), van("van-2", "16:00", "20:00")],
+            }),
+        ),
+        (
+            format!("berlin-pankow.{date}"),
+            "logistics",
+            json!({
+                "area": "berlin-pankow", "date": date, "utc_offset": "+01:00",
+                "slots": slots,
+                "vans": [van("van-3", "08:00", "12:00")],
+            }),
+        ),
+        (
+            format!("hamburg-altona.{date}"),
+            "logistics",
+            json!({
+                "area": "hamburg-altona", "date": date, "utc_offset": "+01:00",
+                "slots": slots,
+                "vans": [van("van-4", "10:00", "20:00"), van("van-5", "08:00", "12:00")],
+            }),
+        ),
+        (
+            format!("ams-1.{date}"),
+            "warehouse",
+            json!({
+                "warehouse": "ams-1", "date": date, "utc_offset": "+01:00",
+                "open_hour": 6, "close_hour": 22, "items_per_hour": 400,
+            }),
+        ),
+        (
+            format!("truck-b-al-123.{date}"),
+            "vehicle-load",
+            json!({
+                "truck": "B-AL-123", "departure": format!("{date}T18:00:00+01:00"),
+                "capacity": { "weight_kg": 12000, "volume_l": 40000, "pallets": 18 },
+            }),
+        ),
+    ]
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics of this process.
+//!
+//! One registry per process, reached through [`metrics`]: the stages record
+//! into it where the work happens (an entity's batch, a group commit, a
+//! plugin call) without threading a handle through every constructor, the
+//! way a logger is reached.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The HTTP method.
+    pub method: String,
+    /// The route template (`/v1/pools/{pool}/reservations`), never a concrete path.
+    pub route: String,
+    /// The response status.
+    pub status: u16,
+}
+
+/// Labels of a plugin call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The capacity type.
+    pub capacity_type: String,
+    /// The call: `decide`, `view`, …
+    pub call: &'static str,
+}
+
+/// Every metric Allot exports.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP request latency, per route.
+    pub http_requests: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Commands waiting in an entity's mailbox when it takes a batch.
+    pub mailbox_depth: Histogram,
+    /// Commands decided per entity batch.
+    pub batch_size: Histogram,
+    /// Pools' batches written per group commit.
+    pub group_size: Histogram,
+    /// Time to append one group to PostgreSQL.
+    pub append_seconds: Histogram,
+    /// Time of plugin calls.
+    pub plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    /// Entities live on this node.
+    pub active_pools: Gauge,
+    /// Pools in the read model.
+    pub read_model_pools: Gauge,
+    /// Time from a view's commit to its arrival in this node's read model.
+    pub read_model_lag: Histogram,
+}
+
+/// Latencies from 50 µs to about 13 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+/// Counts from 1 to 4096.
+fn sizes() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency as fn() -> Histogram,
+            );
+        let plugin_calls =
+            Family::<PluginLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency as fn() -> Histogram,
+            );
+        let metrics = Self {
+            http_requests,
+            mailbox_depth: sizes(),
+            batch_size: sizes(),
+            group_size: sizes(),
+            append_seconds: latency(),
+            plugin_calls,
+            active_pools: Gauge::default(),
+            read_model_pools: Gauge::default(),
+            read_model_lag: latency(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "allot_http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "allot_entity_mailbox_depth",
+            "Commands waiting in a pool's mailbox when its entity takes a batch",
+            metrics.mailbox_depth.clone(),
+        );
+        registry.register(
+            "allot_entity_batch_size",
+            "Commands decided per entity batch",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "allot_journal_group_size",
+            "Pools' batches written per group commit",
+            metrics.group_size.clone(),
+        );
+        registry.register(
+            "allot_journal_append_duration_seconds",
+            "Time to append one group commit to PostgreSQL",
+            metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "allot_plugin_call_duration_seconds",
+            "Time of plugin calls by capacity type and call",
+            metrics.plugin_calls.clone(),
+        );
+        registry.register(
+            "allot_entities_active",
+            "Pool entities live on this node",
+            metrics.active_pools.clone(),
+        );
+        registry.register(
+            "allot_read_model_pools",
+            "Pools in this node's read model",
+            metrics.read_model_pools.clone(),
+        );
+        registry.register(
+            "allot_read_model_lag_seconds",
+            "Time from a view's commit to its arrival in this node's read model",
+            metrics.read_model_lag.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}

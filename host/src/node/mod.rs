@@ -1,0 +1,334 @@
+//! A running node: the database (given, or embedded), the journal, the
+//! entity runtime with its plugins, the read model, and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, TokenConfig, TokenError, Tokens};
+use crate::entity::{self, Runtime};
+use crate::journal::{self, Journal};
+use crate::pg::{self, EmbeddedPostgres};
+use crate::sandbox::{self, Engine, Limits, Plugin};
+use crate::view::{self, ReadModel};
+
+/// The database an embedded PostgreSQL serves Allot from.
+const EMBEDDED_DATABASE: &str = "allot";
+
+/// A node's configuration, as read from its TOML file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the API listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The PostgreSQL to use. Without one, an embedded server is started
+    /// with its data in `data_dir`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// The embedded PostgreSQL's data folder.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Database connections this node may open.
+    #[serde(default = "default_connections")]
+    pub max_connections: u32,
+    /// Plugin components (`.wasm`) to load at start.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
+    /// Who may call the API.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_connections() -> u32 {
+    16
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            database_url: None,
+            data_dir: None,
+            max_connections: default_connections(),
+            plugins: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file; relative plugin paths and data folders are taken
+    /// from the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in &mut config.plugins {
+            *plugin = base.join(&*plugin);
+        }
+        if let Some(dir) = &mut config.data_dir {
+            *dir = base.join(&*dir);
+        }
+        Ok(config)
+    }
+
+    /// Applies the environment: `ALLOT_LISTEN`, `ALLOT_DATABASE_URL` and
+    /// `ALLOT_TOKENS` (`name=role:token,…`, added to the file's tokens).
+    pub fn with_env(mut self) -> Result<Self> {
+        if let Ok(listen) = std::env::var("ALLOT_LISTEN") {
+            self.listen = listen.parse().map_err(|_| Error::Env {
+                name: "ALLOT_LISTEN",
+                reason: format!("`{listen}` is not an address such as 127.0.0.1:8080"),
+            })?;
+        }
+        if let Ok(url) = std::env::var("ALLOT_DATABASE_URL") {
+            self.database_url = Some(url);
+        }
+        if let Ok(tokens) = std::env::var("ALLOT_TOKENS") {
+            self.tokens.extend(Tokens::parse_list(&tokens)?);
+        }
+        Ok(self)
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is unreadable or wrong.
+    #[error("config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An environment variable is wrong.
+    #[error("{name}: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No way to reach a database.
+    #[error(
+        "no database: set `database_url` (or ALLOT_DATABASE_URL), or `data_dir` for an embedded PostgreSQL"
+    )]
+    NoDatabase,
+    /// A token is unusable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The embedded PostgreSQL failed.
+    #[error(transparent)]
+    Postgres(#[from] pg::Error),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    /// A plugin failed to load.
+    #[error("plugin {path}: {source}")]
+    Plugin {
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        source: sandbox::Error,
+    },
+    /// A plugin file is unreadable.
+    #[error("plugin {path}: {source}")]
+    PluginFile {
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The wasm engine failed to start.
+    #[error(transparent)]
+    Engine(sandbox::Error),
+    /// The read model failed to load.
+    #[error(transparent)]
+    ReadModel(#[from] view::Error),
+    /// The API cannot listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Results of starting a node.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A running node. [`Node::stop`] shuts it down in order.
+pub struct Node {
+    addr: SocketAddr,
+    state: AppState,
+    server: JoinHandle<std::io::Result<()>>,
+    stop: oneshot::Sender<()>,
+    /// Dropped last: the database outlives everything that uses it.
+    postgres: Option<EmbeddedPostgres>,
+}
+
+impl Node {
+    /// Starts a node: database, journal (migrated), plugins, read model, API.
+    #[tracing::instrument(name = "node", skip_all, fields(listen = %config.listen))]
+    pub async fn start(config: Config) -> Result<Self> {
+        let tokens = Tokens::new(&config.tokens)?;
+        if tokens.is_empty() {
+            tracing::warn!("no tokens are configured: every API call will be refused");
+        }
+        let (url, postgres) = match (&config.database_url, &config.data_dir) {
+            (Some(url), _) => (url.clone(), None),
+            (None, Some(dir)) => {
+                let postgres = start_postgres(dir.clone()).await?;
+                (postgres.url(EMBEDDED_DATABASE), Some(postgres))
+            }
+            (None, None) => return Err(Error::NoDatabase),
+        };
+        let journal = Journal::connect(&url, config.max_connections).await?;
+        let runtime = Runtime::new(journal.clone(), entity::Settings::default());
+        let engine = Engine::new(Limits::default()).map_err(Error::Engine)?;
+        for path in &config.plugins {
+            let plugin = load_plugin(&engine, path)?;
+            tracing::info!(
+                capacity_type = %plugin.info().capacity_type,
+                version = %plugin.info().version,
+                "plugin loaded"
+            );
+            runtime.load_plugin(plugin);
+        }
+        let read_model = ReadModel::start(journal.db().clone(), view::Settings::default()).await?;
+        let state = AppState {
+            runtime,
+            read_model,
+            tokens: Arc::new(tokens),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = api::router(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "node is up");
+        Ok(Self {
+            addr,
+            state,
+            server,
+            stop,
+            postgres,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The entity runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.state.runtime
+    }
+
+    /// The read model.
+    pub fn read_model(&self) -> &ReadModel {
+        &self.state.read_model
+    }
+
+    /// The embedded PostgreSQL's URL for a database, if this node runs one.
+    pub fn embedded_database_url(&self) -> Option<String> {
+        self.postgres.as_ref().map(|pg| pg.url(EMBEDDED_DATABASE))
+    }
+
+    /// Stops in order: readiness off, no new connections, requests in
+    /// flight answered, entities drained and passivated, database last.
+    pub async fn stop(self) {
+        api::set_ready(&self.state, false);
+        let _ = self.stop.send(());
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!("the API server failed: {error}"),
+            Err(error) => tracing::warn!("the API server task failed: {error}"),
+        }
+        self.state.runtime.shutdown().await;
+        drop(self.state);
+        if let Some(postgres) = self.postgres {
+            tokio::task::spawn_blocking(move || drop(postgres))
+                .await
+                .ok();
+        }
+    }
+}
+
+fn load_plugin(engine: &Engine, path: &Path) -> Result<Arc<Plugin>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::PluginFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Plugin::load(engine, &bytes).map_err(|source| Error::Plugin {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Starts the embedded PostgreSQL and makes sure Allot's database exists.
+async fn start_postgres(dir: PathBuf) -> Result<EmbeddedPostgres> {
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+        .await
+        .expect("the PostgreSQL launcher does not panic")?;
+    let admin = postgres.url("postgres");
+    let create = async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(EMBEDDED_DATABASE)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            sqlx::query("CREATE DATABASE allot")
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    };
+    create
+        .await
+        .map_err(|e| Error::Journal(journal::Error::Database(e)))?;
+    Ok(postgres)
+}

@@ -1,0 +1,447 @@
+//! The read model: every pool's latest view, in memory on every node.
+//!
+//! Entities write a pool's view row in the same transaction as its events.
+//! A trigger notifies on commit; a listener task here forwards the pool ids
+//! and the refresher reads those rows. Notifications are lost while the
+//! listening connection is down, so a poll on `updated_at` runs as a
+//! backstop, and a full comparison runs now and then. A row replaces what is
+//! held only if its seq is newer, so the order rows arrive in does not matter.
+//!
+//! Queries take a read lock on the map for as long as it takes to clone a
+//! few `Arc`s; no query ever touches an entity or the database.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{AssertSqlSafe, Row};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::ids::{PoolId, SeqNr};
+use crate::metrics::metrics;
+use crate::sandbox::{Cell, View};
+
+/// The notification channel the `pool_views` trigger sends on.
+const CHANNEL: &str = "allot_pool_views";
+
+/// Rows committed this long before a poll's start may still be missing
+/// from it (their transaction began earlier): each poll looks back this far.
+const POLL_OVERLAP: Duration = Duration::from_secs(10);
+
+/// How the read model keeps up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The backstop poll for changes the notifications missed.
+    pub poll_every: Duration,
+    /// A full comparison of every pool's seq.
+    pub full_sync_every: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            poll_every: Duration::from_secs(2),
+            full_sync_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One pool as the read model holds it.
+#[derive(Debug)]
+pub struct PoolView {
+    /// The pool.
+    pub pool: PoolId,
+    /// Its capacity type.
+    pub capacity_type: String,
+    /// The seq the view is as of.
+    pub seq_nr: SeqNr,
+    /// When the view was written.
+    pub updated_at: OffsetDateTime,
+    /// The view.
+    pub view: View,
+}
+
+/// What to select from the grid.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only pools of this capacity type.
+    pub capacity_type: Option<String>,
+    /// Only pools whose id starts with this.
+    pub prefix: Option<String>,
+    /// Only cells whose time range ends after this (ms since the epoch).
+    pub from_ms: Option<i64>,
+    /// Only cells whose time range starts before this (ms since the epoch).
+    pub to_ms: Option<i64>,
+    /// Only pools whose id sorts after this (the previous page's last).
+    pub after: Option<PoolId>,
+    /// At most this many pools.
+    pub limit: usize,
+}
+
+impl Filter {
+    fn keeps_cell(&self, cell: &Cell) -> bool {
+        let ends_after_from = match (self.from_ms, cell.end_ms) {
+            (Some(from), Some(end)) => end > from,
+            _ => true,
+        };
+        let starts_before_to = match (self.to_ms, cell.start_ms) {
+            (Some(to), Some(start)) => start < to,
+            _ => true,
+        };
+        ends_after_from && starts_before_to
+    }
+
+    fn has_time_range(&self) -> bool {
+        self.from_ms.is_some() || self.to_ms.is_some()
+    }
+}
+
+/// A page of the grid.
+#[derive(Debug)]
+pub struct Page {
+    /// The pools, by id, each with the cells the filter keeps.
+    pub pools: Vec<(Arc<PoolView>, Vec<usize>)>,
+    /// Where the next page starts, if there may be one.
+    pub next: Option<PoolId>,
+}
+
+/// How fresh the read model is.
+#[derive(Clone, Copy, Debug)]
+pub struct Freshness {
+    /// Whether change notifications are arriving.
+    pub listening: bool,
+    /// How far behind the database the read model is believed to be: the
+    /// delay of the latest change when listening, otherwise the time since
+    /// the last successful poll.
+    pub lag: Duration,
+}
+
+/// The read model. Cheap to clone; its tasks stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct ReadModel {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pools: RwLock<BTreeMap<PoolId, Arc<PoolView>>>,
+    status: Mutex<Status>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Status {
+    listening: bool,
+    last_lag: Duration,
+    last_poll: Instant,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().expect("task list").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+enum Signal {
+    Changed(String),
+    /// Notifications may have been lost: compare everything.
+    Resync,
+}
+
+/// The read model's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error("reading the views failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Results of the read model.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl ReadModel {
+    /// Loads every view and starts keeping them fresh.
+    pub async fn start(db: PgPool, settings: Settings) -> Result<Self> {
+        let mut listener = PgListener::connect_with(&db).await?;
+        listener.listen(CHANNEL).await?;
+        let shared = Arc::new(Shared {
+            pools: RwLock::default(),
+            status: Mutex::new(Status {
+                listening: true,
+                last_lag: Duration::ZERO,
+                last_poll: Instant::now(),
+            }),
+            tasks: Mutex::default(),
+        });
+        // Listening starts before the first load, so no change falls between.
+        sync(&db, &shared, None).await?;
+        let (signals, received) = mpsc::unbounded_channel();
+        let listen = tokio::spawn(listen(listener, signals, Arc::downgrade(&shared)));
+        let refresh = tokio::spawn(refresh(db, Arc::downgrade(&shared), received, settings));
+        shared
+            .tasks
+            .lock()
+            .expect("task list")
+            .extend([listen, refresh]);
+        Ok(Self { shared })
+    }
+
+    /// One pool's view.
+    pub fn get(&self, pool: &PoolId) -> Option<Arc<PoolView>> {
+        self.shared.pools.read().expect("views").get(pool).cloned()
+    }
+
+    /// Number of pools held.
+    pub fn len(&self) -> usize {
+        self.shared.pools.read().expect("views").len()
+    }
+
+    /// Whether no pool is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A page of pools that match the filter, in id order.
+    pub fn query(&self, filter: &Filter) -> Page {
+        let pools = self.shared.pools.read().expect("views");
+        let prefix = filter.prefix.as_deref().unwrap_or("");
+        let start = match &filter.after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => match PoolId::new(prefix) {
+                Ok(id) => Bound::Included(id),
+                Err(_) => Bound::Unbounded,
+            },
+        };
+        let mut page = Vec::new();
+        let mut next = None;
+        for (id, pool) in pools.range((start, Bound::Unbounded)) {
+            if !id.as_str().starts_with(prefix) {
+                // Ids sort by bytes, so past the prefix's range nothing matches.
+                if id.as_str() > prefix {
+                    break;
+                }
+                continue;
+            }
+            if filter
+                .capacity_type
+                .as_ref()
+                .is_some_and(|t| *t != pool.capacity_type)
+            {
+                continue;
+            }
+            let cells: Vec<usize> = (0..pool.view.cells.len())
+                .filter(|&i| filter.keeps_cell(&pool.view.cells[i]))
+                .collect();
+            if cells.is_empty() && filter.has_time_range() {
+                continue;
+            }
+            if page.len() == filter.limit {
+                next = page
+                    .last()
+                    .map(|(p, _): &(Arc<PoolView>, _)| p.pool.clone());
+                break;
+            }
+            page.push((pool.clone(), cells));
+        }
+        Page { pools: page, next }
+    }
+
+    /// How fresh the read model is.
+    pub fn freshness(&self) -> Freshness {
+        let status = self.shared.status.lock().expect("status");
+        Freshness {
+            listening: status.listening,
+            lag: if status.listening {
+                status.last_lag
+            } else {
+                status.last_poll.elapsed()
+            },
+        }
+    }
+}
+
+/// Forwards notifications. A lost connection is reported as a resync, since
+/// what was sent meanwhile is gone.
+async fn listen(
+    mut listener: PgListener,
+    signals: mpsc::UnboundedSender<Signal>,
+    shared: Weak<Shared>,
+) {
+    let set_listening = |listening: bool| {
+        if let Some(shared) = shared.upgrade() {
+            shared.status.lock().expect("status").listening = listening;
+        }
+    };
+    loop {
+        let signal = match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                set_listening(true);
+                Signal::Changed(notification.payload().to_owned())
+            }
+            Ok(None) => {
+                tracing::warn!("the read model's notification connection was lost; reconnecting");
+                set_listening(false);
+                Signal::Resync
+            }
+            Err(error) => {
+                tracing::warn!("the read model cannot listen for changes: {error}");
+                set_listening(false);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Signal::Resync
+            }
+        };
+        if signals.send(signal).is_err() {
+            return;
+        }
+    }
+}
+
+async fn refresh(
+    db: PgPool,
+    shared: Weak<Shared>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    settings: Settings,
+) {
+    let mut poll = tokio::time::interval(settings.poll_every);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full = Instant::now();
+    let mut watermark: Option<OffsetDateTime> = None;
+    loop {
+        let mut changed = HashSet::new();
+        let mut resync = false;
+        tokio::select! {
+            signal = signals.recv() => {
+                let Some(signal) = signal else { return };
+                let mut take = |signal| match signal {
+                    Signal::Changed(id) => { changed.insert(id); }
+                    Signal::Resync => resync = true,
+                };
+                take(signal);
+                while let Ok(signal) = signals.try_recv() {
+                    take(signal);
+                }
+            }
+            _ = poll.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let result = if !changed.is_empty() && !resync {
+            let ids: Vec<String> = changed.into_iter().collect();
+            fetch(&db, &shared, &ids, true).await
+        } else {
+            let since = if resync || last_full.elapsed() >= settings.full_sync_every {
+                last_full = Instant::now();
+                None
+            } else {
+                watermark
+            };
+            match sync(&db, &shared, since).await {
+                Ok(now) => {
+                    watermark = Some(now - POLL_OVERLAP);
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!("refreshing the read model failed: {error}");
+        }
+    }
+}
+
+/// Compares the seqs of rows changed since `since` (all rows without it)
+/// with what is held and fetches those that are newer. Returns the
+/// database's time at the start, the next poll's watermark.
+async fn sync(
+    db: &PgPool,
+    shared: &Shared,
+    since: Option<OffsetDateTime>,
+) -> Result<OffsetDateTime> {
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT pool_id, seq_nr FROM pool_views WHERE updated_at > COALESCE($1, '-infinity'::timestamptz)",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    let stale: Vec<String> = {
+        let pools = shared.pools.read().expect("views");
+        rows.into_iter()
+            .filter(|(id, seq)| {
+                PoolId::new(id)
+                    .ok()
+                    .and_then(|id| pools.get(&id).map(|p| p.seq_nr.0))
+                    < Some(*seq)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    };
+    for ids in stale.chunks(1_000) {
+        fetch(db, shared, ids, false).await?;
+    }
+    let mut status = shared.status.lock().expect("status");
+    status.last_poll = Instant::now();
+    Ok(now)
+}
+
+/// Reads these pools' rows and keeps those newer than what is held.
+async fn fetch(db: &PgPool, shared: &Shared, ids: &[String], notified: bool) -> Result<()> {
+    let rows = sqlx::query(AssertSqlSafe(
+        "SELECT pool_id, capacity_type, seq_nr, view::text AS view, updated_at,
+                extract(epoch FROM clock_timestamp() - updated_at)::float8 AS lag
+         FROM pool_views WHERE pool_id = ANY($1)",
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let mut newest_lag = None;
+    let mut fresh = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.get("pool_id");
+        let Ok(pool) = PoolId::new(&id) else {
+            tracing::warn!(pool = %id, "a view row has an invalid pool id; skipped");
+            continue;
+        };
+        let view: View = match serde_json::from_str(row.get::<&str, _>("view")) {
+            Ok(view) => view,
+            Err(error) => {
+                tracing::warn!(pool = %id, "a view row is unreadable ({error}); skipped");
+                continue;
+            }
+        };
+        let lag: f64 = row.get("lag");
+        newest_lag = Some(lag.max(0.0));
+        if notified {
+            metrics().read_model_lag.observe(lag.max(0.0));
+        }
+        fresh.push(Arc::new(PoolView {
+            pool,
+            capacity_type: row.get("capacity_type"),
+            seq_nr: SeqNr(row.get("seq_nr")),
+            updated_at: row.get("updated_at"),
+            view,
+        }));
+    }
+    let held = {
+        let mut pools = shared.pools.write().expect("views");
+        for view in fresh {
+            match pools.get(&view.pool) {
+                Some(current) if current.seq_nr >= view.seq_nr => {}
+                _ => {
+                    pools.insert(view.pool.clone(), view);
+                }
+            }
+        }
+        pools.len()
+    };
+    metrics().read_model_pools.set(held as i64);
+    if notified && let Some(lag) = newest_lag {
+        shared.status.lock().expect("status").last_lag = Duration::from_secs_f64(lag);
+    }
+    Ok(())
+}
