@@ -44,6 +44,47 @@ pub struct Config {
     /// Who may call the API.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// How pool entities behave.
+    #[serde(default)]
+    pub entities: EntityConfig,
+}
+
+/// The `[entities]` section: how pool entities behave.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntityConfig {
+    /// Commands a pool may have queued before callers are told to retry.
+    pub mailbox: usize,
+    /// Most commands decided and appended as one batch.
+    pub max_batch: usize,
+    /// Events between snapshots.
+    pub snapshot_every: u64,
+    /// Seconds without a command after which a pool is passivated.
+    pub idle_after_seconds: u64,
+}
+
+impl Default for EntityConfig {
+    fn default() -> Self {
+        let settings = entity::Settings::default();
+        Self {
+            mailbox: settings.mailbox,
+            max_batch: settings.max_batch,
+            snapshot_every: settings.snapshot_every,
+            idle_after_seconds: settings.idle_after.as_secs(),
+        }
+    }
+}
+
+impl EntityConfig {
+    fn settings(&self) -> entity::Settings {
+        entity::Settings {
+            mailbox: self.mailbox.max(1),
+            max_batch: self.max_batch.max(1),
+            snapshot_every: self.snapshot_every.max(1),
+            idle_after: std::time::Duration::from_secs(self.idle_after_seconds.max(1)),
+            ..entity::Settings::default()
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -63,6 +104,7 @@ impl Default for Config {
             max_connections: default_connections(),
             plugins: Vec::new(),
             tokens: Vec::new(),
+            entities: EntityConfig::default(),
         }
     }
 }
@@ -203,7 +245,7 @@ impl Node {
             (None, None) => return Err(Error::NoDatabase),
         };
         let journal = Journal::connect(&url, config.max_connections).await?;
-        let runtime = Runtime::new(journal.clone(), entity::Settings::default());
+        let runtime = Runtime::new(journal.clone(), config.entities.settings());
         let engine = Engine::new(Limits::default()).map_err(Error::Engine)?;
         for path in &config.plugins {
             let plugin = load_plugin(&engine, path)?;
