@@ -917,6 +917,5 @@ async fn node_routes_and_openapi_document() {
         }
     }
 
-    // Stopping turns readiness off before the listener closes.
     node.stop().await;
 }

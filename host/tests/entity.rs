@@ -231,7 +231,7 @@ async fn runtime_view(url: &str) -> String {
     serde_json::to_string(&view).unwrap()
 }
 
-/// A retried command returns its first outcome and changes nothing, also after a restart.
+/// A retried command returns its accepted outcome and changes nothing, also after a restart; a refused one is decided again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_idempotent_across_restarts() {
     let url = common::database().await;
@@ -250,11 +250,13 @@ async fn retries_are_idempotent_across_restarts() {
         .execute(&id, request(Command::Release { id: "r1".into() }))
         .await
         .unwrap();
-    // The rejection is a first outcome too, although there would be room now.
+    // A refusal took no effect: the same id is decided afresh, and there is room now.
     let again = runtime.execute(&id, reserve("r2", 2)).await.unwrap();
-    assert_eq!(same(&again), same(&full));
-    assert_eq!(usage(&runtime, &id).await, (3, 0));
-    assert_eq!(count(&url, "SELECT count(*) FROM events").await, 2);
+    assert!(again.is_accepted(), "{again:?}");
+    let once_more = runtime.execute(&id, reserve("r2", 2)).await.unwrap();
+    assert_eq!(same(&once_more), same(&again));
+    assert_eq!(usage(&runtime, &id).await, (3, 2));
+    assert_eq!(count(&url, "SELECT count(*) FROM events").await, 3);
 }
 
 /// An outcome as a JSON value: stored outcomes come back from JSONB, which

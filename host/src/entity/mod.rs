@@ -54,7 +54,9 @@ impl Request {
     }
 }
 
-/// What became of a command. Kept as the first outcome for its key.
+/// What became of a command. An accepted outcome is kept for the command's
+/// key and answered to every repetition; the latest refusal is recorded too,
+/// for callers who ask what became of their reservation.
 ///
 /// Externally tagged (`{"accepted": {...}}`): the events are raw JSON, which
 /// serde cannot read back through the buffering an internal tag needs.
@@ -81,6 +83,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the command took effect. Only such outcomes are answered
+    /// again for a repeated key; a refused command is decided afresh.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. })
+    }
+
     fn decided(seq_nr: SeqNr, decision: sandbox::Decision) -> Self {
         match decision {
             Ok(events) => Outcome::Accepted { seq_nr, events },

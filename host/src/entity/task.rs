@@ -33,6 +33,7 @@ struct Entity {
     plugin: Arc<PluginRef>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
+    /// The outcome of every keyed command that took effect.
     outcomes: HashMap<String, Outcome>,
     /// The plugin-call histogram of this pool's capacity type, looked up once.
     decide_seconds: Histogram,
@@ -200,13 +201,16 @@ impl Entity {
             .command_outcomes(id)
             .await?
             .into_iter()
-            .map(|(key, outcome)| match serde_json::from_str(outcome.get()) {
-                Ok(outcome) => Ok((key, outcome)),
-                Err(e) => Err(fail(
-                    id,
-                    format!("the stored outcome of `{key}` is unreadable: {e}"),
-                )),
-            })
+            .map(
+                |(key, outcome)| match serde_json::from_str::<Outcome>(outcome.get()) {
+                    Ok(outcome) => Ok((key, outcome)),
+                    Err(e) => Err(fail(
+                        id,
+                        format!("the stored outcome of `{key}` is unreadable: {e}"),
+                    )),
+                },
+            )
+            .filter(|entry| entry.as_ref().map_or(true, |(_, o)| o.is_accepted()))
             .collect::<Result<_>>()?;
         tracing::info!(
             seq_nr = seq.0,
@@ -248,8 +252,8 @@ impl Entity {
     ) -> Result<(), crate::journal::Error> {
         let now = Instant::now();
         let mut events: Vec<NewEvent> = Vec::new();
-        let mut records: Vec<CommandRecord> = Vec::new();
-        let mut fresh: HashMap<String, Outcome> = HashMap::new();
+        // The latest outcome of each keyed command of the batch.
+        let mut fresh: HashMap<String, (SeqNr, Outcome)> = HashMap::new();
         let mut answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)> =
             Vec::with_capacity(batch.len());
         let mut views = Vec::new();
@@ -267,9 +271,18 @@ impl Entity {
                 continue;
             }
             let key = request.key();
+            // Only what took effect is repeated; a refusal took none, so
+            // deciding the command again is as safe as it is useful (the
+            // order that did not fit may fit now, or in another slot).
             if let Some(known) = key
                 .as_ref()
-                .and_then(|k| fresh.get(k).or_else(|| self.outcomes.get(k)))
+                .and_then(|k| {
+                    fresh
+                        .get(k)
+                        .map(|(_, o)| o)
+                        .or_else(|| self.outcomes.get(k))
+                })
+                .filter(|o| o.is_accepted())
             {
                 answers.push((reply, known.clone()));
                 continue;
@@ -293,16 +306,19 @@ impl Entity {
             }
             let outcome = Outcome::decided(self.seq.after(events.len()), decision);
             if let Some(key) = key {
-                records.push(CommandRecord {
-                    key: key.clone(),
-                    seq_nr: self.seq.after(events.len()),
-                    outcome: serde_json::value::to_raw_value(&outcome).expect("outcomes serialize"),
-                });
-                fresh.insert(key, outcome.clone());
+                fresh.insert(key, (self.seq.after(events.len()), outcome.clone()));
             }
             answers.push((reply, outcome));
         }
 
+        let records: Vec<CommandRecord> = fresh
+            .iter()
+            .map(|(key, (seq_nr, outcome))| CommandRecord {
+                key: key.clone(),
+                seq_nr: *seq_nr,
+                outcome: serde_json::value::to_raw_value(outcome).expect("outcomes serialize"),
+            })
+            .collect();
         if !events.is_empty() || !records.is_empty() {
             let view = match self.live.view() {
                 Ok(view) => Some(serde_json::value::to_raw_value(&view).expect("views serialize")),
@@ -333,7 +349,12 @@ impl Entity {
                     return Err(error);
                 }
             }
-            self.outcomes.extend(fresh);
+            self.outcomes.extend(
+                fresh
+                    .into_iter()
+                    .filter(|(_, (_, outcome))| outcome.is_accepted())
+                    .map(|(key, (_, outcome))| (key, outcome)),
+            );
         }
         for (reply, outcome) in answers {
             let _ = reply.send(Ok(outcome));

@@ -454,7 +454,9 @@ impl Journal {
         if !commands.keys.is_empty() {
             sqlx::query(
                 "INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])",
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
+                 ON CONFLICT (pool_id, idempotency_key) DO UPDATE
+                 SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()",
             )
             .bind(&commands.pools)
             .bind(&commands.keys)
