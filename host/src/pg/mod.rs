@@ -77,6 +77,9 @@ impl EmbeddedPostgres {
                 return Err(Error::MissingTool(bin_dir.to_owned(), tool));
             }
         }
+        // The server runs in its data folder: a relative path would no
+        // longer lead there.
+        let dir = &std::path::absolute(dir).map_err(|e| data_dir_error(dir, e.to_string()))?;
         let user = RunAs::current();
         let data = dir.join("data");
         let sockets = dir.join("run");
