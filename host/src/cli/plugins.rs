@@ -46,7 +46,7 @@ pub(super) fn run(command: PluginsCommand) -> anyhow::Result<bool> {
 pub(super) fn build(packages: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     eprintln!("building {} …", packages.join(", "));
     let started = Instant::now();
-    let files = dev::build_plugins(&dev::workspace_root(), packages)?;
+    let files = dev::build_plugins_showing_progress(&dev::workspace_root(), packages)?;
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
     Ok(files)
 }

@@ -61,14 +61,27 @@ pub fn workspace_root() -> PathBuf {
 /// to their own target directory (`target/plugins`), so a build started from a
 /// test or a running `cargo run` never waits on the lock of the outer build.
 pub fn build_plugins(root: &Path, packages: &[&str]) -> Result<Vec<PathBuf>, BuildError> {
-    ensure_wasm_target()?;
+    build(root, packages, false)
+}
+
+/// [`build_plugins`], with rustup's and cargo's progress shown on this
+/// process's terminal: for people waiting on a first build.
+pub fn build_plugins_showing_progress(
+    root: &Path,
+    packages: &[&str],
+) -> Result<Vec<PathBuf>, BuildError> {
+    build(root, packages, true)
+}
+
+fn build(root: &Path, packages: &[&str], progress: bool) -> Result<Vec<PathBuf>, BuildError> {
+    ensure_wasm_target(progress)?;
     let target_dir = root.join("target").join("plugins");
     let mut cargo = Command::new(cargo_binary());
     cargo
         .current_dir(root)
         .args([
             "build",
-            "--quiet",
+            if progress { "--color=auto" } else { "--quiet" },
             "--profile",
             PLUGIN_PROFILE,
             "--target",
@@ -79,16 +92,21 @@ pub fn build_plugins(root: &Path, packages: &[&str]) -> Result<Vec<PathBuf>, Bui
     for package in packages {
         cargo.args(["--package", package]);
     }
-    let output = cargo
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "cargo".into(),
-            source,
-        })?;
+    cargo.stdin(Stdio::null());
+    if progress {
+        cargo.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    }
+    let output = cargo.output().map_err(|source| BuildError::Spawn {
+        tool: "cargo".into(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(BuildError::Cargo {
-            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            output: if progress {
+                "cargo's messages are above".into()
+            } else {
+                String::from_utf8_lossy(&output.stderr).into_owned()
+            },
         });
     }
     let out = target_dir.join(WASM_TARGET).join(PLUGIN_PROFILE);
@@ -102,7 +120,7 @@ fn cargo_binary() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-fn ensure_wasm_target() -> Result<(), BuildError> {
+fn ensure_wasm_target(progress: bool) -> Result<(), BuildError> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
@@ -116,14 +134,18 @@ fn ensure_wasm_target() -> Result<(), BuildError> {
         return Ok(());
     }
     tracing::info!("installing the {WASM_TARGET} target with rustup");
-    let output = Command::new("rustup")
+    let mut rustup = Command::new("rustup");
+    rustup
         .args(["target", "add", WASM_TARGET])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "rustup".into(),
-            source,
-        })?;
+        .stdin(Stdio::null());
+    if progress {
+        eprintln!("installing the {WASM_TARGET} target with rustup …");
+        rustup.stderr(Stdio::inherit());
+    }
+    let output = rustup.output().map_err(|source| BuildError::Spawn {
+        tool: "rustup".into(),
+        source,
+    })?;
     if output.status.success() {
         Ok(())
     } else {

@@ -4,5 +4,6 @@
 mod build;
 
 pub use build::{
-    BuildError, PLUGIN_PROFILE, WASM_TARGET, build_plugins, scratch_postgres_dir, workspace_root,
+    BuildError, PLUGIN_PROFILE, WASM_TARGET, build_plugins, build_plugins_showing_progress,
+    scratch_postgres_dir, workspace_root,
 };
