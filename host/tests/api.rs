@@ -856,6 +856,79 @@ async fn overload_deadline_and_plugin_faults() {
     node.stop().await;
 }
 
+/// A pool whose capacity type this node has not loaded is unavailable here, not unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_type_missing_on_this_node_is_503() {
+    let url = common::database().await;
+    let full = node_with(Some(url.clone()), EntityConfig::default()).await;
+    Api::new(&full, Some(PLANNER))
+        .create("q1", "quota", json!({ "name": "q", "units": 1 }))
+        .await
+        .ok(201);
+    let partial = Node::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: Some(url),
+        plugins: vec![common::component("allot-logistics")],
+        tokens: vec![TokenConfig {
+            name: "shop".into(),
+            role: Role::Checkout,
+            token: CHECKOUT.into(),
+        }],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let reply = Api::new(&partial, Some(CHECKOUT))
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await;
+    reply.problem(503, "capacity_type_not_loaded");
+    assert_eq!(reply.body["retryable"], true);
+    partial.stop().await;
+    full.stop().await;
+}
+
+/// Losing the database makes commands and readiness answer 503, retryable, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_is_503() {
+    use sqlx::Connection;
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), EntityConfig::default()).await;
+    let api = Api::new(&node, Some(PLANNER));
+    api.create("q1", "quota", json!({ "name": "q", "units": 9 }))
+        .await
+        .ok(201);
+    api.reserve("q1", "r1", json!({ "units": 1 })).await.ok(201);
+
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let reply = api.reserve("q1", "r2", json!({ "units": 1 })).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body["retryable"], true);
+    assert!(
+        matches!(
+            reply.body["code"].as_str(),
+            Some("journal_unavailable" | "deadline_passed")
+        ),
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.headers["retry-after"], "1");
+    Api::new(&node, None)
+        .get("/readyz")
+        .await
+        .problem(503, "journal_unavailable");
+    node.stop().await;
+}
+
 /// Health, readiness, metrics and the OpenAPI document; every documented operation is routed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_routes_and_openapi_document() {
@@ -893,7 +966,7 @@ async fn node_routes_and_openapi_document() {
     let document = document.ok(200).clone();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 16);
     for (path, operations) in paths {
         for method in operations.as_object().unwrap().keys() {
             let concrete = path.replace("{pool}", "p1").replace("{reservation}", "r1");

@@ -32,6 +32,7 @@ use super::{checkout, grid, node, pools};
         node::metrics,
         node::capacity_types,
         node::plugins,
+        serve,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -60,7 +61,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
     Document::openapi()
 }
 
-/// Serves the OpenAPI document.
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "node",
+    responses((status = 200, description = "The OpenAPI document of this API", body = Object))
+)]
 pub async fn serve() -> impl IntoResponse {
     axum::Json(document())
 }
