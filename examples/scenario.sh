@@ -26,7 +26,8 @@ as_checkout() { ALLOT_TOKEN="$checkout" "${allot[@]}" "$@"; }
 as_planner() { ALLOT_TOKEN="$planner" "${allot[@]}" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 
-day="$(date -u -d tomorrow +%F)"
+# GNU date, else BSD date.
+day="$(date -u -d tomorrow +%F 2>/dev/null || date -u -v+1d +%F)"
 pool="scenario-$(date -u +%H%M%S)-$RANDOM.$day"
 
 step "A planner creates $pool: one van, 08:00-10:00, 1 stop an hour, so the slot takes 2 stops"

@@ -421,6 +421,22 @@ async fn roles_are_enforced() {
         .get("/v1/grid")
         .await
         .problem(401, "unauthenticated");
+    // The scheme is case-insensitive (RFC 7235); other schemes are not tokens.
+    let lowercase = format!("bearer {CHECKOUT}");
+    anonymous
+        .raw(
+            Method::GET,
+            "/v1/grid",
+            None,
+            &[("authorization", &lowercase)],
+        )
+        .await
+        .ok(200);
+    let basic = format!("Basic {CHECKOUT}");
+    anonymous
+        .raw(Method::GET, "/v1/grid", None, &[("authorization", &basic)])
+        .await
+        .problem(401, "unauthenticated");
 
     let config = json!({ "name": "q1", "units": 2 });
     checkout

@@ -57,6 +57,8 @@ struct Tally {
     placed: usize,
     /// Orders no slot could take.
     unplaced: usize,
+    /// Orders whose outcome stayed unknown after every retry.
+    unresolved: usize,
     /// Refusals seen on the way, by code.
     refusals: BTreeMap<String, usize>,
     retries: usize,
@@ -118,11 +120,12 @@ async fn main() -> anyhow::Result<()> {
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     println!(
-        "{} orders in {:.1} s: {} placed, {} found no slot, {} retries",
+        "{} orders in {:.1} s: {} placed, {} found no slot, {} unresolved, {} retries",
         args.orders,
         elapsed.as_secs_f64(),
         tally.placed,
         tally.unplaced,
+        tally.unresolved,
         tally.retries
     );
     for (code, count) in &tally.refusals {
@@ -190,7 +193,10 @@ async fn place(
         let started = Instant::now();
         for attempt in 0.. {
             let response = http
-                .post(format!("{url}/v1/pools/{}/reservations", slot.pool))
+                .post(format!(
+                    "{url}/v1/pools/{}/reservations",
+                    slot.pool.replace('/', "%2F")
+                ))
                 .bearer_auth(token)
                 .json(&body)
                 .send()
@@ -209,7 +215,13 @@ async fn place(
                     tally.latencies.push(started.elapsed());
                     return Ok(());
                 }
-                StatusCode::SERVICE_UNAVAILABLE if attempt < 5 => {
+                StatusCode::SERVICE_UNAVAILABLE if attempt >= 5 => {
+                    // The last attempt may still have taken effect: trying
+                    // another slot under the same id could book twice.
+                    tally.unresolved += 1;
+                    return Ok(());
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
                     tally.retries += 1;
                     drop(tally);
                     // Same reservation id: if the first attempt did take

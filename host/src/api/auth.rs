@@ -136,8 +136,13 @@ impl Tokens {
             .map(str::trim)
             .filter(|entry| !entry.is_empty())
             .map(|entry| {
-                let malformed =
-                    || TokenError::Malformed(entry.split(':').next().unwrap_or("").to_owned());
+                // Named by what precedes `=`, never more: the rest may be a secret.
+                let malformed = || {
+                    TokenError::Malformed(match entry.split_once('=') {
+                        Some((name, _)) => name.trim().to_owned(),
+                        None => "an entry without `=`".to_owned(),
+                    })
+                };
                 let (name, rest) = entry.split_once('=').ok_or_else(malformed)?;
                 let (role, token) = rest.split_once(':').ok_or_else(malformed)?;
                 let role = serde_json::from_value(serde_json::Value::String(role.into()))
@@ -182,8 +187,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
             })?;
@@ -192,5 +198,61 @@ impl FromRequestParts<AppState> for Caller {
             .caller(token)
             .cloned()
             .ok_or_else(|| ApiError::unauthenticated("the token is not known to this node"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lists_are_parsed() {
+        let tokens =
+            Tokens::parse_list("shop=checkout:abcdefghijklmnop, ops=operator:0123456789abcdef")
+                .unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            (tokens[1].name.as_str(), tokens[1].role),
+            ("ops", Role::Operator)
+        );
+        let tokens = Tokens::new(&tokens).unwrap();
+        assert_eq!(tokens.caller("abcdefghijklmnop").unwrap().name, "shop");
+        assert!(tokens.caller("abcdefghijklmno").is_none());
+    }
+
+    #[test]
+    fn a_bad_token_list_never_shows_the_secret() {
+        for list in [
+            "ops=very-secret-token-1",
+            "very-secret-token-1",
+            "ops=admin:very-secret-token-1",
+        ] {
+            let error = Tokens::parse_list(list).unwrap_err().to_string();
+            assert!(!error.contains("very-secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn weak_duplicate_and_system_tokens_are_refused() {
+        let token = |name: &str, role, token: &str| TokenConfig {
+            name: name.into(),
+            role,
+            token: token.into(),
+        };
+        assert!(matches!(
+            Tokens::new(&[token("a", Role::Checkout, "short")]),
+            Err(TokenError::TooShort(_))
+        ));
+        assert!(matches!(
+            Tokens::new(&[token("a", Role::System, "0123456789abcdef")]),
+            Err(TokenError::SystemRole(_))
+        ));
+        assert!(matches!(
+            Tokens::new(&[
+                token("a", Role::Checkout, "0123456789abcdef"),
+                token("b", Role::Planner, "0123456789abcdef"),
+            ]),
+            Err(TokenError::Duplicate(..))
+        ));
     }
 }

@@ -119,6 +119,9 @@ pub(super) struct GridArgs {
     /// At most this many pools.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// Start after this pool id (the previous page's last).
+    #[arg(long)]
+    after: Option<String>,
     /// Print the JSON answer instead of a table.
     #[arg(long)]
     json: bool,
@@ -349,6 +352,7 @@ pub(super) async fn grid(args: GridArgs) -> anyhow::Result<bool> {
         ("prefix", &args.prefix),
         ("from", &args.from),
         ("to", &args.to),
+        ("after", &args.after),
     ] {
         if let Some(value) = value {
             query.push(format!("{name}={}", segment(value)));
@@ -386,7 +390,7 @@ fn table(grid: &Value) -> String {
         for cell in pool["cells"].as_array().into_iter().flatten() {
             let number = |field: &str| cell[field].as_u64().unwrap_or(0);
             let (capacity, used, held) = (number("capacity"), number("used"), number("held"));
-            let note = if used + held > capacity {
+            let note = if used.saturating_add(held) > capacity {
                 "OVERBOOKED"
             } else if cell["open"].as_bool() == Some(false) {
                 "closed"
@@ -434,7 +438,7 @@ fn table(grid: &Value) -> String {
         "{pools} pools; read model {} ms behind{}\n",
         grid["read_model"]["lag_ms"].as_u64().unwrap_or(0),
         match grid["next"].as_str() {
-            Some(next) => format!("; more after `{next}` (raise --limit)"),
+            Some(next) => format!("; more with --after {next}"),
             None => String::new(),
         }
     ));
@@ -462,7 +466,7 @@ fn span(start: Option<i64>, end: Option<i64>) -> String {
         (Some(start), Some(end)) => {
             let (from, to) = (format(start), format(end));
             if from.get(..10) == to.get(..10) {
-                format!("{from}–{}", &to[11..])
+                format!("{from}–{}", to.get(11..).unwrap_or(""))
             } else {
                 format!("{from} – {to}")
             }

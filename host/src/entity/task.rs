@@ -320,11 +320,21 @@ impl Entity {
             })
             .collect();
         if !events.is_empty() || !records.is_empty() {
-            let view = match self.live.view() {
-                Ok(view) => Some(serde_json::value::to_raw_value(&view).expect("views serialize")),
-                Err(error) => {
-                    tracing::warn!("view failed; the read model keeps the previous one: {error}");
-                    None
+            // A batch of refusals changes no state: the view stays as it is,
+            // and no node is told to fetch it again.
+            let view = if events.is_empty() {
+                None
+            } else {
+                match self.live.view() {
+                    Ok(view) => {
+                        Some(serde_json::value::to_raw_value(&view).expect("views serialize"))
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            "view failed; the read model keeps the previous one: {error}"
+                        );
+                        None
+                    }
                 }
             };
             let append = Append {

@@ -243,6 +243,10 @@ impl Journal {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let db = PgPoolOptions::new()
             .max_connections(max_connections)
+            // Callers have deadlines of a second or so; waiting half a minute
+            // for a connection (the default) only holds up shutdowns and
+            // recoveries when the database is gone.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations").run(&db).await?;

@@ -47,6 +47,10 @@ pub struct Config {
     /// How pool entities behave.
     #[serde(default)]
     pub entities: EntityConfig,
+    /// Seconds between turning readiness off and closing the listener when
+    /// the node stops, so that load balancers stop sending first.
+    #[serde(default)]
+    pub drain_seconds: u64,
 }
 
 /// The `[entities]` section: how pool entities behave.
@@ -105,6 +109,7 @@ impl Default for Config {
             plugins: Vec::new(),
             tokens: Vec::new(),
             entities: EntityConfig::default(),
+            drain_seconds: 0,
         }
     }
 }
@@ -221,6 +226,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A running node. [`Node::stop`] shuts it down in order.
 pub struct Node {
     addr: SocketAddr,
+    drain: std::time::Duration,
     state: AppState,
     server: JoinHandle<std::io::Result<()>>,
     stop: oneshot::Sender<()>,
@@ -285,6 +291,7 @@ impl Node {
         tracing::info!(%addr, "node is up");
         Ok(Self {
             addr,
+            drain: std::time::Duration::from_secs(config.drain_seconds),
             state,
             server,
             stop,
@@ -321,6 +328,13 @@ impl Node {
     /// flight answered, entities drained and passivated, database last.
     pub async fn stop(self) {
         api::set_ready(&self.state, false);
+        if !self.drain.is_zero() {
+            tracing::info!(
+                seconds = self.drain.as_secs(),
+                "draining before closing the listener"
+            );
+            tokio::time::sleep(self.drain).await;
+        }
         let _ = self.stop.send(());
         match self.server.await {
             Ok(Ok(())) => {}

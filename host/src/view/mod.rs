@@ -283,8 +283,9 @@ async fn listen(
                 Signal::Changed(notification.payload().to_owned())
             }
             Ok(None) => {
-                tracing::warn!("the read model's notification connection was lost; reconnecting");
-                set_listening(false);
+                // Reconnected already (eagerly); what was sent meanwhile is
+                // found by comparing everything.
+                tracing::warn!("the read model's notification connection was lost and is back");
                 Signal::Resync
             }
             Err(error) => {
