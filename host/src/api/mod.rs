@@ -25,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use auth::{Caller, TokenConfig, TokenError, Tokens};
 pub use error::{ApiError, ProblemBody};
@@ -130,7 +131,8 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let mut response = next.run(request).await;
+    let span = tracing::info_span!("request", request_id = %id, method, route = %route);
+    let mut response = next.run(request).instrument(span).await;
     metrics()
         .http_requests
         .get_or_create(&RouteLabels {
