@@ -116,12 +116,15 @@ pub(super) async fn run(
     request_body = ReserveBody,
     responses(
         (status = 201, description = "Reserved (or reserved before with this id)", body = Decided),
-        (status = 400, description = "Malformed request or id", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
-        (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody),
-        (status = 422, description = "The request does not fit the capacity type", body = ProblemBody),
-        (status = 503, description = "Overloaded or out of time; retry with the same id", body = ProblemBody),
+        (status = 400, description = "Malformed request or id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request does not fit the capacity type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or out of time; retry with the same id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -154,10 +157,12 @@ pub async fn reserve(
     ),
     responses(
         (status = 200, description = "Released (or released before)", body = Decided),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
-        (status = 409, description = "The rules refuse it (an unknown reservation, say)", body = ProblemBody),
-        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The rules refuse it (an unknown reservation, say)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -187,11 +192,13 @@ pub async fn release(
     ),
     responses(
         (status = 200, description = "Confirmed (or confirmed before)", body = Decided),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
-        (status = 409, description = "The rules refuse it (the hold expired, say)", body = ProblemBody),
-        (status = 422, description = "The capacity type has no holds", body = ProblemBody),
-        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The rules refuse it (the hold expired, say)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The capacity type has no holds", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -221,8 +228,10 @@ pub async fn confirm(
     ),
     responses(
         (status = 200, description = "The reservation's outcomes", body = ReservationStatus),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 404, description = "No such pool or reservation", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool or reservation", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -130,8 +130,8 @@ pub struct Grid {
     params(GridQuery),
     responses(
         (status = 200, description = "A page of the grid", body = Grid),
-        (status = 400, description = "A bad filter", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 400, description = "A bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

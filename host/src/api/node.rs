@@ -71,7 +71,7 @@ pub async fn health() -> axum::Json<Health> {
     tag = "node",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Shutting down, or the database is unreachable", body = ProblemBody),
+        (status = 503, description = "Shutting down, or the database is unreachable", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
@@ -117,7 +117,7 @@ pub async fn metrics() -> impl IntoResponse {
     tag = "node",
     responses(
         (status = 200, description = "The loaded capacity types", body = Vec<CapacityType>),
-        (status = 401, description = "No valid token", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -147,8 +147,8 @@ pub async fn capacity_types(
     tag = "node",
     responses(
         (status = 200, description = "The loaded plugins", body = Vec<LoadedPlugin>),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 403, description = "Not an operator", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

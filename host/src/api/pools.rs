@@ -134,12 +134,15 @@ pub struct StateQuery {
     responses(
         (status = 201, description = "Created", body = Created),
         (status = 200, description = "The same pool existed already", body = Created),
-        (status = 400, description = "Malformed request or id", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 403, description = "Not a planner or operator", body = ProblemBody),
-        (status = 409, description = "The pool exists with another type or config (`pool_exists`)", body = ProblemBody),
-        (status = 422, description = "Unknown capacity type, or the type refuses the config", body = ProblemBody),
-        (status = 503, description = "Unavailable; retry", body = ProblemBody),
+        (status = 400, description = "Malformed request or id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not a planner or operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The pool exists with another type or config (`pool_exists`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown capacity type, or the type refuses the config", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -184,9 +187,10 @@ pub async fn create(
     params(("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$")),
     responses(
         (status = 200, description = "The pool's state", body = PoolState),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
-        (status = 503, description = "Unavailable; retry", body = ProblemBody),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -223,13 +227,16 @@ pub async fn show(
     request_body = CommandBody,
     responses(
         (status = 200, description = "Decided and recorded", body = Decided),
-        (status = 400, description = "Malformed request", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 403, description = "Not a planner or operator", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
-        (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody),
-        (status = 422, description = "Unknown command or arguments for the type", body = ProblemBody),
-        (status = 503, description = "Overloaded or out of time; retry with the same key", body = ProblemBody),
+        (status = 400, description = "Malformed request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not a planner or operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown command or arguments for the type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or out of time; retry with the same key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -273,10 +280,11 @@ pub async fn command(
     params(("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"), EventsQuery),
     responses(
         (status = 200, description = "A page of events", body = EventsPage),
-        (status = 400, description = "Bad paging", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 403, description = "Not a planner or operator", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
+        (status = 400, description = "Bad paging", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not a planner or operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -318,10 +326,11 @@ pub async fn events(
     params(("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"), StateQuery),
     responses(
         (status = 200, description = "The state then", body = PoolState),
-        (status = 400, description = "Neither or both of `seq` and `at`, or a bad value", body = ProblemBody),
-        (status = 401, description = "No valid token", body = ProblemBody),
-        (status = 403, description = "Not a planner or operator", body = ProblemBody),
-        (status = 404, description = "No such pool", body = ProblemBody),
+        (status = 400, description = "Neither or both of `seq` and `at`, or a bad value", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not a planner or operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
