@@ -96,7 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(node::ready))
         .route("/metrics", get(node::metrics))
         .route("/openapi.json", get(openapi::serve))
-        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .fallback(|| async {
+            ApiError::not_found(
+                "not_found",
+                "no such route (an id with `/` goes into a path as `%2F`)",
+            )
+        })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(observe))

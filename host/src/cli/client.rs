@@ -209,6 +209,9 @@ fn report(status: StatusCode, problem: &Value) {
         text("code"),
         text("detail")
     );
+    if status == StatusCode::UNAUTHORIZED {
+        eprintln!("give a token with --token or ALLOT_TOKEN (`allot dev` prints some)");
+    }
     if problem["retryable"].as_bool() == Some(true) {
         eprintln!("this is temporary: send the same command again shortly");
     }
@@ -435,7 +438,8 @@ fn table(grid: &Value) -> String {
     }
     let pools = grid["pools"].as_array().map_or(0, Vec::len);
     out.push_str(&format!(
-        "{pools} pools; read model {} ms behind{}\n",
+        "{pools} pool{}; read model {} ms behind{}\n",
+        if pools == 1 { "" } else { "s" },
         grid["read_model"]["lag_ms"].as_u64().unwrap_or(0),
         match grid["next"].as_str() {
             Some(next) => format!("; more with --after {next}"),

@@ -97,7 +97,11 @@ async fn refuse_all(
     mut inbox: mpsc::Receiver<Envelope>,
     error: Error,
 ) {
-    tracing::warn!("cannot activate: {error}");
+    match &error {
+        // A client's typo, not the node's problem.
+        Error::UnknownPool(_) => tracing::debug!("cannot activate: {error}"),
+        _ => tracing::warn!("cannot activate: {error}"),
+    }
     loop {
         while let Ok(envelope) = inbox.try_recv() {
             match envelope {
