@@ -7,6 +7,8 @@
 //! * [`entity`] runs one task per active pool: a bounded mailbox, commands
 //!   decided one at a time in batches, events appended before anyone is
 //!   answered, snapshots, passivation and recovery.
+//! * [`registry`] stores plugin components in PostgreSQL by digest and
+//!   says which version is active for each capacity type, on every node.
 //! * [`sandbox`] loads capacity-type components (wasmtime, WIT contract
 //!   `allot:capacity`) and runs each pool's decisions in its own instance under
 //!   a deadline and a memory cap.
@@ -35,5 +37,6 @@ pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod pg;
+pub mod registry;
 pub mod sandbox;
 pub mod view;

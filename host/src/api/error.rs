@@ -254,6 +254,34 @@ impl From<journal::Error> for ApiError {
     }
 }
 
+impl From<crate::registry::Error> for ApiError {
+    fn from(error: crate::registry::Error) -> Self {
+        use crate::registry::Error as E;
+        match error {
+            E::Invalid(error) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plugin",
+                "Invalid plugin",
+                error.to_string(),
+            ),
+            E::WrongType { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "capacity_type_mismatch",
+                "Capacity type mismatch",
+                error.to_string(),
+            ),
+            E::UnknownVersion(_) => Self::not_found("unknown_plugin_version", error.to_string()),
+            E::NoPrevious(_) => Self::new(
+                StatusCode::CONFLICT,
+                "no_previous_version",
+                "Nothing to roll back to",
+                error.to_string(),
+            ),
+            E::Database(error) => journal::Error::Database(error).into(),
+        }
+    }
+}
+
 impl From<crate::view::Error> for ApiError {
     fn from(error: crate::view::Error) -> Self {
         Self::internal(&error)

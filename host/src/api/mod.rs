@@ -11,6 +11,7 @@ mod error;
 mod grid;
 mod node;
 mod openapi;
+mod plugins;
 mod pools;
 
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct AppState {
     /// Cleared when the node starts shutting down, so that load balancers
     /// stop sending before the listener closes.
     pub ready: Arc<AtomicBool>,
+    /// The plugin registry.
+    pub registry: crate::registry::Registry,
 }
 
 /// The API's routes over this state.
@@ -89,7 +92,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/grid", get(grid::grid))
         .route("/capacity-types", get(node::capacity_types))
-        .route("/plugins", get(node::plugins));
+        .route(
+            "/capacity-types/{capacity_type}/activate",
+            post(plugins::activate),
+        )
+        .route(
+            "/capacity-types/{capacity_type}/rollback",
+            post(plugins::rollback),
+        )
+        .route(
+            "/plugins",
+            get(plugins::versions)
+                .post(plugins::upload)
+                .layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
+        );
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(node::health))

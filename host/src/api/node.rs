@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::{ANYONE, OPERATING};
+use super::auth::ANYONE;
 use super::{ApiError, AppState, Caller, ProblemBody};
 use crate::metrics::metrics as registry;
 
@@ -32,23 +32,6 @@ pub struct CapacityType {
     pub plugin: String,
     /// The plugin's version.
     pub version: String,
-}
-
-/// A loaded plugin.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LoadedPlugin {
-    /// The capacity type it implements.
-    pub capacity_type: String,
-    /// The plugin's name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// The content digest of its component.
-    pub digest: String,
-    /// The contract version it was built for (`allot:capacity@…`).
-    pub contract: String,
-    /// Its state layout version.
-    pub state_version: u32,
 }
 
 /// Liveness: the process answers.
@@ -135,40 +118,6 @@ pub async fn capacity_types(
                 name: p.info().capacity_type.clone(),
                 plugin: p.info().name.clone(),
                 version: p.info().version.clone(),
-            })
-            .collect(),
-    ))
-}
-
-/// The loaded plugins, with their digests (operators only).
-#[utoipa::path(
-    get,
-    path = "/v1/plugins",
-    tag = "node",
-    responses(
-        (status = 200, description = "The loaded plugins", body = Vec<LoadedPlugin>),
-        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn plugins(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<axum::Json<Vec<LoadedPlugin>>, ApiError> {
-    caller.require(OPERATING)?;
-    Ok(axum::Json(
-        state
-            .runtime
-            .plugins()
-            .iter()
-            .map(|p| LoadedPlugin {
-                capacity_type: p.info().capacity_type.clone(),
-                name: p.info().name.clone(),
-                version: p.info().version.clone(),
-                digest: p.digest().to_owned(),
-                contract: p.contract().to_owned(),
-                state_version: p.info().state_version,
             })
             .collect(),
     ))

@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{checkout, grid, node, pools};
+use super::{checkout, grid, node, plugins, pools};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +31,10 @@ use super::{checkout, grid, node, pools};
         node::ready,
         node::metrics,
         node::capacity_types,
-        node::plugins,
+        plugins::versions,
+        plugins::upload,
+        plugins::activate,
+        plugins::rollback,
         serve,
     ),
     modifiers(&BearerAuth),
@@ -40,6 +43,7 @@ use super::{checkout, grid, node, pools};
         (name = "planning", description = "Create pools, shape capacity, read history"),
         (name = "grid", description = "Many pools at a glance, from the read model"),
         (name = "node", description = "Health, metrics and what the node runs"),
+        (name = "plugins", description = "The plugin registry: upload, activate, roll back (operators)"),
     )
 )]
 struct Document;

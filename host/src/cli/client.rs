@@ -130,26 +130,40 @@ pub(super) struct GridArgs {
 }
 
 /// A client of one node.
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     remote: Remote,
 }
 
 /// What a node answered: a success body, or the problem of a refusal.
-enum Answer {
+pub(super) enum Answer {
     Ok(Value),
     Problem(StatusCode, Value),
 }
 
 impl Client {
-    fn new(remote: Remote) -> Self {
+    pub(super) fn new(remote: Remote) -> Self {
         Self {
             http: reqwest::Client::new(),
             remote,
         }
     }
 
-    async fn call(
+    /// Uploads bytes as `application/wasm`.
+    pub(super) async fn upload(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.remote.url.trim_end_matches('/'));
+        let mut request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        if let Some(token) = &self.remote.token {
+            request = request.bearer_auth(token);
+        }
+        self.answer(request).await
+    }
+
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -167,6 +181,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.answer(request).await
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
         let response = request.send().await.with_context(|| {
             format!(
                 "cannot reach {}: is a node running there? (`allot dev` starts one)",
@@ -187,7 +205,7 @@ impl Client {
 }
 
 /// Prints an answer: JSON on stdout, or the problem on stderr.
-fn print(answer: Answer) -> anyhow::Result<bool> {
+pub(super) fn print(answer: Answer) -> anyhow::Result<bool> {
     match answer {
         Answer::Ok(value) => {
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -228,7 +246,7 @@ fn json_arg(what: &str, arg: &str) -> anyhow::Result<Value> {
 }
 
 /// A path segment: ids may hold `/`, which must not split the path.
-fn segment(id: &str) -> String {
+pub(super) fn segment(id: &str) -> String {
     utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
 }
 

@@ -46,6 +46,7 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
         listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
         data_dir: Some(data_dir),
         plugins,
+        activate_plugins: true,
         tokens: TOKENS
             .iter()
             .map(|(name, role, token)| TokenConfig {

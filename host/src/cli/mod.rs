@@ -63,7 +63,7 @@ pub struct Remote {
 /// its own (a refused reservation, a plugin that does not load).
 pub fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Subcommands::Plugins(command) => plugins::run(command),
+        Subcommands::Plugins(command) if command.is_local() => plugins::run(command),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -77,7 +77,7 @@ async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
     match command {
         Subcommands::Serve { config } => serve(config).await,
         Subcommands::Dev(args) => dev::run(args).await,
-        Subcommands::Plugins(_) => unreachable!("run without a runtime"),
+        Subcommands::Plugins(command) => plugins::remote(command).await,
         Subcommands::Pools(command) => client::pools(command).await,
         Subcommands::Command(args) => client::command(args).await,
         Subcommands::Reserve(args) => client::reserve(args).await,

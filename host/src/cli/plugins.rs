@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use clap::Subcommand;
+use reqwest::Method;
+
+use super::Remote;
+use super::client::{Client, print, segment};
 
 use crate::dev;
 use crate::sandbox::{Engine, Limits, Plugin};
@@ -25,6 +30,47 @@ pub(super) enum PluginsCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Upload a component to a node's registry (operators). Nothing is activated.
+    Upload {
+        /// The component file (`.wasm`).
+        file: PathBuf,
+        /// The capacity type it must implement.
+        #[arg(short = 't', long = "type")]
+        capacity_type: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the registry's versions (operators).
+    Versions {
+        /// Only this capacity type.
+        #[arg(short = 't', long = "type")]
+        capacity_type: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a stored version the active one of its capacity type (operators).
+    Activate {
+        /// The capacity type.
+        capacity_type: String,
+        /// The version's digest (`sha256:…`), as `upload` printed it.
+        digest: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make the previously active version active again (operators).
+    Rollback {
+        /// The capacity type.
+        capacity_type: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+impl PluginsCommand {
+    /// Whether the command works on this checkout rather than a node.
+    pub(super) fn is_local(&self) -> bool {
+        matches!(self, Self::Build { .. } | Self::Inspect { .. })
+    }
 }
 
 pub(super) fn run(command: PluginsCommand) -> anyhow::Result<bool> {
@@ -39,6 +85,65 @@ pub(super) fn run(command: PluginsCommand) -> anyhow::Result<bool> {
             inspect(&files)
         }
         PluginsCommand::Inspect { files } => inspect(&files),
+        _ => unreachable!("remote commands run in `remote`"),
+    }
+}
+
+/// The commands that talk to a node's registry.
+pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
+    match command {
+        PluginsCommand::Upload {
+            file,
+            capacity_type,
+            remote,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let path = match capacity_type {
+                Some(t) => format!("/v1/plugins?capacity_type={}", segment(&t)),
+                None => "/v1/plugins".to_owned(),
+            };
+            print(Client::new(remote).upload(&path, bytes).await?)
+        }
+        PluginsCommand::Versions {
+            capacity_type,
+            remote,
+        } => {
+            let path = match capacity_type {
+                Some(t) => format!("/v1/plugins?capacity_type={}", segment(&t)),
+                None => "/v1/plugins".to_owned(),
+            };
+            print(
+                Client::new(remote)
+                    .call(Method::GET, &path, None, &[])
+                    .await?,
+            )
+        }
+        PluginsCommand::Activate {
+            capacity_type,
+            digest,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/activate", segment(&capacity_type));
+            let body = serde_json::json!({ "digest": digest });
+            print(
+                Client::new(remote)
+                    .call(Method::POST, &path, Some(body), &[])
+                    .await?,
+            )
+        }
+        PluginsCommand::Rollback {
+            capacity_type,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/rollback", segment(&capacity_type));
+            print(
+                Client::new(remote)
+                    .call(Method::POST, &path, None, &[])
+                    .await?,
+            )
+        }
+        _ => unreachable!("local commands run in `run`"),
     }
 }
 

@@ -15,7 +15,8 @@ use crate::api::{self, AppState, TokenConfig, TokenError, Tokens};
 use crate::entity::{self, Runtime};
 use crate::journal::{self, Journal};
 use crate::pg::{self, EmbeddedPostgres};
-use crate::sandbox::{self, Engine, Limits, Plugin};
+use crate::registry::{self, Registry};
+use crate::sandbox::{self, Engine, Limits};
 use crate::view::{self, ReadModel};
 
 /// The database an embedded PostgreSQL serves Allot from.
@@ -41,6 +42,11 @@ pub struct Config {
     /// Plugin components (`.wasm`) to load at start.
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
+    /// Make the `plugins` files the active versions of their capacity
+    /// types at start. Without it, a file's version becomes active only for
+    /// a type that has none; otherwise it is just stored in the registry.
+    #[serde(default)]
+    pub activate_plugins: bool,
     /// Who may call the API.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -107,6 +113,7 @@ impl Default for Config {
             data_dir: None,
             max_connections: default_connections(),
             plugins: Vec::new(),
+            activate_plugins: false,
             tokens: Vec::new(),
             entities: EntityConfig::default(),
             drain_seconds: 0,
@@ -194,8 +201,11 @@ pub enum Error {
         /// Its file.
         path: PathBuf,
         /// Why.
-        source: sandbox::Error,
+        source: registry::Error,
     },
+    /// The plugin registry failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
     /// A plugin file is unreadable.
     #[error("plugin {path}: {source}")]
     PluginFile {
@@ -226,6 +236,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A running node. [`Node::stop`] shuts it down in order.
 pub struct Node {
     addr: SocketAddr,
+    /// Follows plugin activations made anywhere.
+    follower: JoinHandle<()>,
     drain: std::time::Duration,
     state: AppState,
     server: JoinHandle<std::io::Result<()>>,
@@ -253,21 +265,20 @@ impl Node {
         let journal = Journal::connect(&url, config.max_connections).await?;
         let runtime = Runtime::new(journal.clone(), config.entities.settings());
         let engine = Engine::new(Limits::default()).map_err(Error::Engine)?;
+        let registry = Registry::new(journal.db().clone(), engine);
         for path in &config.plugins {
-            let plugin = load_plugin(&engine, path)?;
-            tracing::info!(
-                capacity_type = %plugin.info().capacity_type,
-                version = %plugin.info().version,
-                "plugin loaded"
-            );
-            runtime.load_plugin(plugin);
+            seed(&registry, path, config.activate_plugins).await?;
         }
+        let types = registry.apply_active(&runtime).await?;
+        tracing::info!(capacity_types = types, "active plugin versions loaded");
+        let follower = registry.follow(runtime.clone()).await?;
         let read_model = ReadModel::start(journal.db().clone(), view::Settings::default()).await?;
         let state = AppState {
             runtime,
             read_model,
             tokens: Arc::new(tokens),
             ready: Arc::new(AtomicBool::new(true)),
+            registry,
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -291,6 +302,7 @@ impl Node {
         tracing::info!(%addr, "node is up");
         Ok(Self {
             addr,
+            follower,
             drain: std::time::Duration::from_secs(config.drain_seconds),
             state,
             server,
@@ -341,6 +353,7 @@ impl Node {
             Ok(Err(error)) => tracing::warn!("the API server failed: {error}"),
             Err(error) => tracing::warn!("the API server task failed: {error}"),
         }
+        self.follower.abort();
         self.state.runtime.shutdown().await;
         drop(self.state);
         if let Some(postgres) = self.postgres {
@@ -351,15 +364,28 @@ impl Node {
     }
 }
 
-fn load_plugin(engine: &Engine, path: &Path) -> Result<Arc<Plugin>> {
+/// Uploads a plugin file named in the config to the registry, and activates
+/// it when asked to, or when its capacity type has no active version yet.
+async fn seed(registry: &Registry, path: &Path, activate: bool) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|source| Error::PluginFile {
         path: path.to_owned(),
         source,
     })?;
-    Plugin::load(engine, &bytes).map_err(|source| Error::Plugin {
-        path: path.to_owned(),
-        source,
-    })
+    let (version, _) = registry
+        .upload(bytes, None, "config")
+        .await
+        .map_err(|source| Error::Plugin {
+            path: path.to_owned(),
+            source,
+        })?;
+    let active = registry.active().await?;
+    let current = active.get(&version.capacity_type);
+    if current.is_none() || (activate && current != Some(&version.digest)) {
+        registry
+            .activate(&version.capacity_type, &version.digest, "config")
+            .await?;
+    }
+    Ok(())
 }
 
 /// Starts the embedded PostgreSQL and makes sure Allot's database exists.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "allot-test-unruly",
     "allot-test-garbage-output",
     "allot-test-wrong-contract",
+    "allot-test-start-trap",
 ];
 
 /// Path of a plugin package's component, building all of them on first use.

@@ -1,0 +1,175 @@
+//! The plugin registry, for operators: upload a component, list versions,
+//! activate one for its capacity type, roll back.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::OPERATING;
+use super::{ApiError, AppState, Body, Caller, Path, ProblemBody, Query};
+use crate::registry::{Activation, Version};
+
+/// Largest component taken, in bytes.
+pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Which versions to list, or what an upload must implement.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TypeQuery {
+    /// Only this capacity type; for an upload, the type it must implement.
+    capacity_type: Option<String>,
+}
+
+/// The version to activate.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    /// Its digest, `sha256:<hex>`, as the upload answered.
+    pub digest: String,
+}
+
+/// List the stored plugin versions.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "plugins",
+    params(TypeQuery),
+    responses(
+        (status = 200, description = "Versions by capacity type, newest first", body = Vec<Version>),
+        (status = 400, description = "A bad query", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn versions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<TypeQuery>,
+) -> Result<axum::Json<Vec<Version>>, ApiError> {
+    caller.require(OPERATING)?;
+    let versions = state
+        .registry
+        .versions(query.capacity_type.as_deref())
+        .await?;
+    Ok(axum::Json(versions))
+}
+
+/// Upload a component: it is compiled, its contract and info checked, and
+/// stored. Nothing is activated.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins",
+    tag = "plugins",
+    params(TypeQuery),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (`.wasm`)"),
+    responses(
+        (status = 201, description = "Stored", body = Version),
+        (status = 200, description = "Stored already", body = Version),
+        (status = 400, description = "A bad query or unreadable body", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Over 32 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a usable component (`invalid_plugin`), or of another capacity type (`capacity_type_mismatch`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<TypeQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Version>), ApiError> {
+    caller.require(OPERATING)?;
+    let bytes = body.map_err(ApiError::from_bytes_rejection)?;
+    let (version, stored) = state
+        .registry
+        .upload(
+            bytes.to_vec(),
+            query.capacity_type.as_deref(),
+            &caller.actor(),
+        )
+        .await?;
+    let status = if stored {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(version)))
+}
+
+/// Make a stored version the one that decides its capacity type, on every
+/// node. Pools already live keep their version until they passivate.
+#[utoipa::path(
+    post,
+    path = "/v1/capacity-types/{capacity_type}/activate",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    request_body = ActivateBody,
+    responses(
+        (status = 200, description = "Active, on this node already", body = Activation),
+        (status = 400, description = "A malformed body", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The version implements another capacity type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn activate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+    Body(body): Body<ActivateBody>,
+) -> Result<axum::Json<Activation>, ApiError> {
+    caller.require(OPERATING)?;
+    let activation = state
+        .registry
+        .activate(&capacity_type, &body.digest, &caller.actor())
+        .await?;
+    state
+        .registry
+        .apply(&state.runtime, &activation.digest)
+        .await?;
+    Ok(axum::Json(activation))
+}
+
+/// Make active again the version that was active before the current one.
+#[utoipa::path(
+    post,
+    path = "/v1/capacity-types/{capacity_type}/rollback",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    responses(
+        (status = 200, description = "The previous version is active again", body = Activation),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "No earlier version (`no_previous_version`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+) -> Result<axum::Json<Activation>, ApiError> {
+    caller.require(OPERATING)?;
+    let activation = state
+        .registry
+        .rollback(&capacity_type, &caller.actor())
+        .await?;
+    state
+        .registry
+        .apply(&state.runtime, &activation.digest)
+        .await?;
+    Ok(axum::Json(activation))
+}

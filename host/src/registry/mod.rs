@@ -1,0 +1,353 @@
+//! The plugin registry: components stored in PostgreSQL by content digest,
+//! and which version is active for each capacity type.
+//!
+//! Every node loads the active versions from here, so all run the same
+//! bytes; an activation made through one node reaches the others by a
+//! notification. A node compiles each digest once and keeps it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::entity::Runtime;
+use crate::sandbox::{self, Engine, Plugin};
+
+/// The notification channel activations are announced on.
+const CHANNEL: &str = "allot_plugin_activations";
+
+/// A stored plugin version.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Version {
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// The capacity type it implements.
+    pub capacity_type: String,
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The `allot:capacity` contract version it implements.
+    pub contract: String,
+    /// Its state layout version.
+    pub state_version: u32,
+    /// Size of the component in bytes.
+    pub size_bytes: i64,
+    /// Who uploaded it.
+    pub uploaded_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub uploaded_at: OffsetDateTime,
+    /// Whether it is the active version of its capacity type.
+    pub active: bool,
+}
+
+/// An activation: from then on, this version decides its capacity type.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Activation {
+    /// The capacity type.
+    pub capacity_type: String,
+    /// The version made active.
+    pub digest: String,
+    /// Who did it.
+    pub activated_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub activated_at: OffsetDateTime,
+    /// `activate` or `rollback`.
+    pub kind: String,
+}
+
+/// What the registry refuses, or fails at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upload is not a usable capacity-type component.
+    #[error("the component is refused: {0}")]
+    Invalid(sandbox::Error),
+    /// The upload implements another capacity type than the one named.
+    #[error("the component implements capacity type `{found}`, not `{expected}`")]
+    WrongType {
+        /// The type named with the upload or activation.
+        expected: String,
+        /// The type the component implements.
+        found: String,
+    },
+    /// No stored version has this digest.
+    #[error("no plugin version {0} is stored")]
+    UnknownVersion(String),
+    /// Nothing to roll back to.
+    #[error("capacity type `{0}` has no earlier version to roll back to")]
+    NoPrevious(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Results of the registry.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    db: PgPool,
+    engine: Engine,
+    /// Compiled components by digest: compiling takes hundreds of ms.
+    compiled: Arc<Mutex<HashMap<String, Arc<Plugin>>>>,
+}
+
+impl Registry {
+    /// A registry in this database, compiling with this engine.
+    pub fn new(db: PgPool, engine: Engine) -> Self {
+        Self {
+            db,
+            engine,
+            compiled: Arc::default(),
+        }
+    }
+
+    /// Checks and stores a component. Storing the same bytes again is not
+    /// an error (`false`: it was stored already). Nothing is activated.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        capacity_type: Option<&str>,
+        uploaded_by: &str,
+    ) -> Result<(Version, bool)> {
+        let plugin = self.compile(bytes.clone()).await?;
+        let info = plugin.info();
+        if let Some(expected) = capacity_type
+            && expected != info.capacity_type
+        {
+            return Err(Error::WrongType {
+                expected: expected.to_owned(),
+                found: info.capacity_type.clone(),
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO plugins (digest, capacity_type, name, version, contract, state_version, component, uploaded_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(plugin.digest())
+        .bind(&info.capacity_type)
+        .bind(&info.name)
+        .bind(&info.version)
+        .bind(plugin.contract())
+        .bind(info.state_version as i32)
+        .bind(&bytes)
+        .bind(uploaded_by)
+        .execute(&self.db)
+        .await?
+        .rows_affected()
+            == 1;
+        let version = self.version(plugin.digest()).await?;
+        Ok((version, inserted))
+    }
+
+    /// The stored versions, newest first; of one capacity type, or all.
+    pub async fn versions(&self, capacity_type: Option<&str>) -> Result<Vec<Version>> {
+        let rows = sqlx::query(
+            "SELECT p.digest, p.capacity_type, p.name, p.version, p.contract, p.state_version,
+                    octet_length(p.component)::bigint AS size_bytes, p.uploaded_by, p.uploaded_at,
+                    p.digest = a.digest AS active
+             FROM plugins p
+             LEFT JOIN LATERAL (SELECT digest FROM plugin_activations
+                                WHERE capacity_type = p.capacity_type ORDER BY id DESC LIMIT 1) a ON true
+             WHERE $1::text IS NULL OR p.capacity_type = $1
+             ORDER BY p.capacity_type, p.uploaded_at DESC, p.digest",
+        )
+        .bind(capacity_type)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.iter().map(version).collect())
+    }
+
+    async fn version(&self, digest: &str) -> Result<Version> {
+        self.versions(None)
+            .await?
+            .into_iter()
+            .find(|v| v.digest == digest)
+            .ok_or_else(|| Error::UnknownVersion(digest.to_owned()))
+    }
+
+    /// Makes a stored version the active one of its capacity type.
+    pub async fn activate(
+        &self,
+        capacity_type: &str,
+        digest: &str,
+        activated_by: &str,
+    ) -> Result<Activation> {
+        self.record(capacity_type, digest, activated_by, "activate")
+            .await
+    }
+
+    /// Makes active again the version that was active before the current
+    /// one. Rolling back twice returns to where it started.
+    pub async fn rollback(&self, capacity_type: &str, activated_by: &str) -> Result<Activation> {
+        let digests: Vec<String> = sqlx::query_scalar(
+            "SELECT digest FROM plugin_activations WHERE capacity_type = $1 ORDER BY id DESC",
+        )
+        .bind(capacity_type)
+        .fetch_all(&self.db)
+        .await?;
+        let current = digests.first();
+        let previous = digests
+            .iter()
+            .find(|d| Some(*d) != current)
+            .ok_or_else(|| Error::NoPrevious(capacity_type.to_owned()))?;
+        self.record(capacity_type, previous, activated_by, "rollback")
+            .await
+    }
+
+    async fn record(
+        &self,
+        capacity_type: &str,
+        digest: &str,
+        activated_by: &str,
+        kind: &str,
+    ) -> Result<Activation> {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT capacity_type FROM plugins WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.db)
+                .await?;
+        match stored {
+            None => return Err(Error::UnknownVersion(digest.to_owned())),
+            Some(found) if found != capacity_type => {
+                return Err(Error::WrongType {
+                    expected: capacity_type.to_owned(),
+                    found,
+                });
+            }
+            Some(_) => {}
+        }
+        let activated_at: OffsetDateTime = sqlx::query_scalar(
+            "INSERT INTO plugin_activations (capacity_type, digest, activated_by, kind)
+             VALUES ($1, $2, $3, $4) RETURNING activated_at",
+        )
+        .bind(capacity_type)
+        .bind(digest)
+        .bind(activated_by)
+        .bind(kind)
+        .fetch_one(&self.db)
+        .await?;
+        tracing::info!(
+            capacity_type,
+            digest,
+            activated_by,
+            kind,
+            "plugin version activated"
+        );
+        Ok(Activation {
+            capacity_type: capacity_type.to_owned(),
+            digest: digest.to_owned(),
+            activated_by: activated_by.to_owned(),
+            activated_at,
+            kind: kind.to_owned(),
+        })
+    }
+
+    /// The active version of every capacity type that has one.
+    pub async fn active(&self) -> Result<HashMap<String, String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (capacity_type) capacity_type, digest
+             FROM plugin_activations ORDER BY capacity_type, id DESC",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// A stored version, compiled (once per node).
+    pub async fn load(&self, digest: &str) -> Result<Arc<Plugin>> {
+        if let Some(plugin) = self.compiled.lock().expect("compiled plugins").get(digest) {
+            return Ok(plugin.clone());
+        }
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT component FROM plugins WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.db)
+                .await?;
+        let bytes = bytes.ok_or_else(|| Error::UnknownVersion(digest.to_owned()))?;
+        self.compile(bytes).await
+    }
+
+    /// Compiles and checks a component off the async workers.
+    async fn compile(&self, bytes: Vec<u8>) -> Result<Arc<Plugin>> {
+        let engine = self.engine.clone();
+        let plugin = tokio::task::spawn_blocking(move || Plugin::load(&engine, &bytes))
+            .await
+            .expect("compiling a plugin does not panic")
+            .map_err(Error::Invalid)?;
+        self.compiled
+            .lock()
+            .expect("compiled plugins")
+            .insert(plugin.digest().to_owned(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Makes the runtime run every active version; returns how many types.
+    pub async fn apply_active(&self, runtime: &Runtime) -> Result<usize> {
+        let active = self.active().await?;
+        for digest in active.values() {
+            self.apply(runtime, digest).await?;
+        }
+        Ok(active.len())
+    }
+
+    /// Makes the runtime run this version for its capacity type. Pools that
+    /// are live keep the version they started with until they passivate.
+    pub async fn apply(&self, runtime: &Runtime, digest: &str) -> Result<()> {
+        let plugin = self.load(digest).await?;
+        let current = runtime.plugin(&plugin.info().capacity_type).ok();
+        if current.is_none_or(|c| c.digest() != plugin.digest()) {
+            runtime.load_plugin(plugin);
+        }
+        Ok(())
+    }
+
+    /// Follows activations made anywhere, for as long as the runtime lives.
+    /// Notifications missed while disconnected are made up by applying every
+    /// active version again.
+    pub async fn follow(&self, runtime: Runtime) -> Result<tokio::task::JoinHandle<()>> {
+        let mut listener = PgListener::connect_with(&self.db).await?;
+        listener.listen(CHANNEL).await?;
+        let registry = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                let result = match listener.try_recv().await {
+                    Ok(Some(_)) | Ok(None) => registry.apply_active(&runtime).await,
+                    Err(error) => {
+                        tracing::warn!("cannot listen for plugin activations: {error}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        registry.apply_active(&runtime).await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::warn!("applying plugin activations failed: {error}");
+                }
+            }
+        }))
+    }
+}
+
+fn version(row: &sqlx::postgres::PgRow) -> Version {
+    Version {
+        digest: row.get("digest"),
+        capacity_type: row.get("capacity_type"),
+        name: row.get("name"),
+        version: row.get("version"),
+        contract: row.get("contract"),
+        state_version: row.get::<i32, _>("state_version") as u32,
+        size_bytes: row.get("size_bytes"),
+        uploaded_by: row.get("uploaded_by"),
+        uploaded_at: row.get("uploaded_at"),
+        active: row.get::<Option<bool>, _>("active").unwrap_or(false),
+    }
+}

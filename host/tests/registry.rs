@@ -1,0 +1,251 @@
+//! The plugin registry over the API: uploads are checked and stored by
+//! digest, activations and rollbacks choose the version that decides, on
+//! every node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{Api, OPERATOR, PLANNER, Reply, node, node_with};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Uploads component bytes as an operator (or whoever `api` is).
+async fn upload(api: &Api, bytes: Vec<u8>, capacity_type: Option<&str>) -> Reply {
+    let path = match capacity_type {
+        Some(t) => format!("/v1/plugins?capacity_type={t}"),
+        None => "/v1/plugins".to_owned(),
+    };
+    let mut request = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .header("content-type", "application/wasm")
+        .body(bytes);
+    if let Some(token) = api.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn component(package: &str) -> Vec<u8> {
+    std::fs::read(common::component(package)).unwrap()
+}
+
+/// The same component with a custom section appended: other bytes, so
+/// another digest, and the same behaviour — a second version to switch to.
+fn another_build(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
+    let name = b"allot-test-build";
+    let payload = tag.as_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128 && name.len() < 128, "one-byte LEB128 sizes");
+    bytes.push(0);
+    bytes.push(size as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn active(versions: &Value, capacity_type: &str) -> String {
+    versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["capacity_type"] == capacity_type && v["active"] == true)
+        .map(|v| v["digest"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Garbage, a wrong contract, a trap at start-up and a type mismatch are refused; nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let before = operator.get("/v1/plugins").await.ok(200).clone();
+
+    upload(&operator, b"not a component at all".to_vec(), None)
+        .await
+        .problem(422, "invalid_plugin");
+    let wrong = upload(&operator, component("allot-test-wrong-contract"), None).await;
+    wrong.problem(422, "invalid_plugin");
+    let detail = wrong.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0.9.0") && detail.contains("1.0.0"),
+        "{detail}"
+    );
+    let trap = upload(&operator, component("allot-test-start-trap"), None).await;
+    trap.problem(422, "invalid_plugin");
+    assert!(
+        trap.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed to start"),
+        "{}",
+        trap.body
+    );
+    upload(&operator, component("allot-logistics"), Some("warehouse"))
+        .await
+        .problem(422, "capacity_type_mismatch");
+    upload(
+        &Api::new(&node, Some(PLANNER)),
+        component("allot-plugin-template"),
+        None,
+    )
+    .await
+    .problem(403, "forbidden");
+
+    let after = operator.get("/v1/plugins").await.ok(200).clone();
+    assert_eq!(after, before);
+    // The running versions still decide.
+    operator
+        .create("q1", "quota", json!({ "name": "q", "units": 1 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    node.stop().await;
+}
+
+/// A stored version is activated for its type, decides from then on, and one call rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activate_and_roll_back() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    let first = active(versions.ok(200), "quota");
+    assert!(first.starts_with("sha256:"));
+
+    let second = upload(
+        &operator,
+        another_build(component("allot-plugin-template"), "2"),
+        Some("quota"),
+    )
+    .await;
+    let second = second.ok(201).clone();
+    assert_eq!(second["active"], false);
+    assert_eq!(second["uploaded_by"], "ops (operator)");
+    let second = second["digest"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    // The same bytes again are stored already.
+    upload(
+        &operator,
+        another_build(component("allot-plugin-template"), "2"),
+        None,
+    )
+    .await
+    .ok(200);
+
+    let activated = operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": second }),
+        )
+        .await;
+    assert_eq!(activated.ok(200)["kind"], "activate");
+    let versions = operator.get("/v1/plugins").await;
+    assert_eq!(active(versions.ok(200), "quota"), second);
+
+    let decided_by = |pool: &'static str| {
+        let operator = &operator;
+        async move {
+            operator
+                .create(pool, "quota", json!({ "name": pool, "units": 5 }))
+                .await
+                .ok(201);
+            operator
+                .reserve(pool, "r1", json!({ "units": 1 }))
+                .await
+                .ok(201);
+            let events = operator.get(&format!("/v1/pools/{pool}/events")).await;
+            events.ok(200)["events"][0]["plugin_digest"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(decided_by("q-after-activate").await, second);
+
+    let rolled = operator
+        .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+        .await;
+    let rolled = rolled.ok(200);
+    assert_eq!(
+        (rolled["kind"].as_str(), rolled["digest"].as_str()),
+        (Some("rollback"), Some(first.as_str()))
+    );
+    assert_eq!(decided_by("q-after-rollback").await, first);
+    // Rolling back again returns to where it was.
+    let again = operator
+        .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+        .await;
+    assert_eq!(again.ok(200)["digest"], second.as_str());
+
+    operator
+        .send(Method::POST, "/v1/capacity-types/logistics/rollback", None)
+        .await
+        .problem(409, "no_previous_version");
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": "sha256:0000" }),
+        )
+        .await
+        .problem(404, "unknown_plugin_version");
+    let logistics = active(operator.get("/v1/plugins").await.ok(200), "logistics");
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": logistics }),
+        )
+        .await
+        .problem(422, "capacity_type_mismatch");
+    Api::new(&node, Some(PLANNER))
+        .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+        .await
+        .problem(403, "forbidden");
+    node.stop().await;
+}
+
+/// An activation made through one node reaches the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_reach_every_node() {
+    let url = common::database().await;
+    let a = node_with(Some(url.clone()), Default::default()).await;
+    let b = node_with(Some(url), Default::default()).await;
+    let on_a = Api::new(&a, Some(OPERATOR));
+    let second = upload(
+        &on_a,
+        another_build(component("allot-plugin-template"), "b"),
+        None,
+    )
+    .await;
+    let second = second.ok(201)["digest"].as_str().unwrap().to_owned();
+    on_a.post(
+        "/v1/capacity-types/quota/activate",
+        json!({ "digest": second }),
+    )
+    .await
+    .ok(200);
+    for _ in 0..500 {
+        if b.runtime()
+            .plugin("quota")
+            .is_ok_and(|p| p.digest() == second)
+        {
+            a.stop().await;
+            b.stop().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("node b never switched to {second}");
+}
