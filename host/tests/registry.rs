@@ -151,7 +151,9 @@ async fn activate_and_roll_back() {
             json!({ "digest": second }),
         )
         .await;
-    assert_eq!(activated.ok(200)["kind"], "activate");
+    let activated = activated.ok(200);
+    assert_eq!(activated["activation"]["kind"], "activate");
+    assert_eq!(activated["check"]["failures"], json!([]));
     let versions = operator.get("/v1/plugins").await;
     assert_eq!(active(versions.ok(200), "quota"), second);
 
@@ -248,4 +250,82 @@ async fn activations_reach_every_node() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("node b never switched to {second}");
+}
+
+/// A replay check reports pools a candidate cannot rebuild and views it rebuilds differently; activation refuses such a candidate unless forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_check_guards_activation() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    for pool in ["q-plain", "q-resized"] {
+        operator
+            .create(pool, "quota", json!({ "name": pool, "units": 5 }))
+            .await
+            .ok(201);
+        operator
+            .reserve(pool, "r1", json!({ "units": 2 }))
+            .await
+            .ok(201);
+    }
+    operator
+        .post(
+            "/v1/pools/q-resized/commands",
+            json!({ "name": "set_units", "payload": { "units": 9 } }),
+        )
+        .await
+        .ok(200);
+    let v2 = upload(&operator, component("allot-test-quota-v2"), Some("quota")).await;
+    let v2 = v2.ok(201)["digest"].as_str().unwrap().to_owned();
+
+    let report = operator
+        .post("/v1/capacity-types/quota/check", json!({ "digest": v2 }))
+        .await;
+    let report = report.ok(200).clone();
+    assert_eq!(report["pools"], 2);
+    assert_eq!(report["failures"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["failures"][0]["pool"], "q-resized");
+    assert!(
+        report["failures"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("event 2 cannot be replayed"),
+        "{report}"
+    );
+    assert_eq!(
+        report["differences"],
+        json!([{ "pool": "q-plain", "cells": ["units"], "details": false }])
+    );
+    let sampled = operator
+        .post(
+            "/v1/capacity-types/quota/check",
+            json!({ "digest": v2, "sample": 1 }),
+        )
+        .await;
+    assert_eq!(sampled.ok(200)["pools"], 1);
+
+    let refused = operator
+        .post("/v1/capacity-types/quota/activate", json!({ "digest": v2 }))
+        .await;
+    refused.problem(409, "replay_check_failed");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("q-resized"),
+        "{}",
+        refused.body
+    );
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_ne!(active(versions.ok(200), "quota"), v2);
+
+    let forced = operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": v2, "force": true }),
+        )
+        .await;
+    let forced = forced.ok(200);
+    assert_eq!(forced["activation"]["digest"], v2.as_str());
+    assert_eq!(forced["check"]["failures"].as_array().unwrap().len(), 1);
+    node.stop().await;
 }

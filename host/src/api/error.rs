@@ -277,6 +277,13 @@ impl From<crate::registry::Error> for ApiError {
                 "Nothing to roll back to",
                 error.to_string(),
             ),
+            E::ReplayCheckFailed(_) => Self::new(
+                StatusCode::CONFLICT,
+                "replay_check_failed",
+                "Replay check failed",
+                format!("{error}; send `force: true` to activate it anyway"),
+            ),
+            E::Journal(error) => error.into(),
             E::Database(error) => journal::Error::Database(error).into(),
         }
     }

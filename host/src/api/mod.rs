@@ -101,6 +101,10 @@ pub fn router(state: AppState) -> Router {
             post(plugins::rollback),
         )
         .route(
+            "/capacity-types/{capacity_type}/check",
+            post(plugins::check),
+        )
+        .route(
             "/plugins",
             get(plugins::versions)
                 .post(plugins::upload)

@@ -35,6 +35,7 @@ use super::{checkout, grid, node, plugins, pools};
         plugins::upload,
         plugins::activate,
         plugins::rollback,
+        plugins::check,
         serve,
     ),
     modifiers(&BearerAuth),

@@ -5,12 +5,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::OPERATING;
 use super::{ApiError, AppState, Body, Caller, Path, ProblemBody, Query};
-use crate::registry::{Activation, Version};
+use crate::registry::{Activation, Report, Version, replay_check};
 
 /// Largest component taken, in bytes.
 pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
@@ -29,6 +29,29 @@ pub struct TypeQuery {
 pub struct ActivateBody {
     /// Its digest, `sha256:<hex>`, as the upload answered.
     pub digest: String,
+    /// Activate even if it cannot replay the history of existing pools.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The version to check.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// Its digest, `sha256:<hex>`.
+    pub digest: String,
+    /// Check a random sample of this many pools instead of all.
+    #[schema(minimum = 1)]
+    pub sample: Option<usize>,
+}
+
+/// An activation and the replay check it passed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Activated {
+    /// The activation.
+    pub activation: Activation,
+    /// What the replay check found.
+    pub check: Report,
 }
 
 /// List the stored plugin versions.
@@ -104,7 +127,8 @@ pub async fn upload(
 }
 
 /// Make a stored version the one that decides its capacity type, on every
-/// node. Pools already live keep their version until they passivate.
+/// node, after a replay check over every pool of the type. Pools already
+/// live keep their version until they passivate.
 #[utoipa::path(
     post,
     path = "/v1/capacity-types/{capacity_type}/activate",
@@ -112,7 +136,8 @@ pub async fn upload(
     params(("capacity_type" = String, Path, description = "The capacity type")),
     request_body = ActivateBody,
     responses(
-        (status = 200, description = "Active, on this node already", body = Activation),
+        (status = 200, description = "Active, on this node already", body = Activated),
+        (status = 409, description = "It cannot replay existing pools' history (`replay_check_failed`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 400, description = "A malformed body", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
@@ -129,17 +154,66 @@ pub async fn activate(
     caller: Caller,
     Path(capacity_type): Path<String>,
     Body(body): Body<ActivateBody>,
-) -> Result<axum::Json<Activation>, ApiError> {
+) -> Result<axum::Json<Activated>, ApiError> {
     caller.require(OPERATING)?;
-    let activation = state
+    let (activation, check) = state
         .registry
-        .activate(&capacity_type, &body.digest, &caller.actor())
+        .activate_checked(
+            &state.runtime,
+            &capacity_type,
+            &body.digest,
+            &caller.actor(),
+            body.force,
+        )
         .await?;
-    state
-        .registry
-        .apply(&state.runtime, &activation.digest)
-        .await?;
-    Ok(axum::Json(activation))
+    Ok(axum::Json(Activated { activation, check }))
+}
+
+/// Rebuild existing pools of the type with a stored version, beside the
+/// active one, and report the pools it cannot rebuild or rebuilds into
+/// another view. Nothing changes.
+#[utoipa::path(
+    post,
+    path = "/v1/capacity-types/{capacity_type}/check",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "The report", body = Report),
+        (status = 400, description = "A malformed body", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The version implements another capacity type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+    Body(body): Body<CheckBody>,
+) -> Result<axum::Json<Report>, ApiError> {
+    caller.require(OPERATING)?;
+    let candidate = state.registry.load(&body.digest).await?;
+    if candidate.info().capacity_type != capacity_type {
+        return Err(crate::registry::Error::WrongType {
+            expected: capacity_type,
+            found: candidate.info().capacity_type.clone(),
+        }
+        .into());
+    }
+    if body.sample == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`sample` must be 1 or more",
+        ));
+    }
+    let report = replay_check(&state.runtime, &candidate, body.sample).await?;
+    Ok(axum::Json(report))
 }
 
 /// Make active again the version that was active before the current one.

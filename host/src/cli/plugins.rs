@@ -48,12 +48,28 @@ pub(super) enum PluginsCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Make a stored version the active one of its capacity type (operators).
+    /// Replay existing pools with a stored version and report (operators).
+    Check {
+        /// The capacity type.
+        capacity_type: String,
+        /// The version's digest (`sha256:…`).
+        digest: String,
+        /// Check a random sample of this many pools instead of all.
+        #[arg(long)]
+        sample: Option<usize>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a stored version the active one of its capacity type, after a
+    /// replay check (operators).
     Activate {
         /// The capacity type.
         capacity_type: String,
         /// The version's digest (`sha256:…`), as `upload` printed it.
         digest: String,
+        /// Activate even if it cannot replay existing pools' history.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -119,13 +135,28 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
                     .await?,
             )
         }
+        PluginsCommand::Check {
+            capacity_type,
+            digest,
+            sample,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/check", segment(&capacity_type));
+            let body = serde_json::json!({ "digest": digest, "sample": sample });
+            print(
+                Client::new(remote)
+                    .call(Method::POST, &path, Some(body), &[])
+                    .await?,
+            )
+        }
         PluginsCommand::Activate {
             capacity_type,
             digest,
+            force,
             remote,
         } => {
             let path = format!("/v1/capacity-types/{}/activate", segment(&capacity_type));
-            let body = serde_json::json!({ "digest": digest });
+            let body = serde_json::json!({ "digest": digest, "force": force });
             print(
                 Client::new(remote)
                     .call(Method::POST, &path, Some(body), &[])

@@ -725,6 +725,39 @@ impl Journal {
             .collect()
     }
 
+    /// The pools of a capacity type, by id; all, or a random sample.
+    pub async fn pools_of_type(
+        &self,
+        capacity_type: &str,
+        sample: Option<i64>,
+    ) -> Result<Vec<PoolRecord>> {
+        let rows = sqlx::query(
+            "SELECT pool_id, capacity_type, config::text AS config, failed_reason FROM pools
+             WHERE capacity_type = $1
+             ORDER BY CASE WHEN $2::bigint IS NULL THEN 0 ELSE random() END, pool_id
+             LIMIT $2",
+        )
+        .bind(capacity_type)
+        .bind(sample)
+        .fetch_all(&self.db)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.get("pool_id");
+                let id = PoolId::new(&id).map_err(|e| Error::Corrupt {
+                    pool: PoolId::new("invalid").expect("a valid id"),
+                    reason: e.to_string(),
+                })?;
+                Ok(PoolRecord {
+                    config: json(&id, row.get("config"))?,
+                    capacity_type: row.get("capacity_type"),
+                    failed_reason: row.get("failed_reason"),
+                    id,
+                })
+            })
+            .collect()
+    }
+
     /// Marks a pool failed, with the reason, so that it refuses commands.
     pub async fn mark_failed(&self, id: &PoolId, reason: &str) -> Result<()> {
         sqlx::query("UPDATE pools SET failed_reason = $2 WHERE pool_id = $1")

@@ -5,6 +5,10 @@
 //! bytes; an activation made through one node reaches the others by a
 //! notification. A node compiles each digest once and keeps it.
 
+mod check;
+
+pub use check::{PoolDifference, PoolFailure, Report, replay_check};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +89,12 @@ pub enum Error {
     /// Nothing to roll back to.
     #[error("capacity type `{0}` has no earlier version to roll back to")]
     NoPrevious(String),
+    /// The candidate cannot rebuild existing pools from their history.
+    #[error("the version cannot replay the history of existing pools: {}", .0.summary())]
+    ReplayCheckFailed(Box<Report>),
+    /// Reading pools or events failed.
+    #[error(transparent)]
+    Journal(crate::journal::Error),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -185,6 +195,34 @@ impl Registry {
     ) -> Result<Activation> {
         self.record(capacity_type, digest, activated_by, "activate")
             .await
+    }
+
+    /// Checks a stored version against existing pools' history (see
+    /// [`replay_check`]), then activates it; a version that cannot replay
+    /// every pool checked is refused unless `force` is set. Returns the
+    /// check's report with the activation.
+    pub async fn activate_checked(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        digest: &str,
+        activated_by: &str,
+        force: bool,
+    ) -> Result<(Activation, Report)> {
+        let candidate = self.load(digest).await?;
+        if candidate.info().capacity_type != capacity_type {
+            return Err(Error::WrongType {
+                expected: capacity_type.to_owned(),
+                found: candidate.info().capacity_type.clone(),
+            });
+        }
+        let report = replay_check(runtime, &candidate, None).await?;
+        if !report.can_replay() && !force {
+            return Err(Error::ReplayCheckFailed(Box::new(report)));
+        }
+        let activation = self.activate(capacity_type, digest, activated_by).await?;
+        self.apply(runtime, digest).await?;
+        Ok((activation, report))
     }
 
     /// Makes active again the version that was active before the current

@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "allot-test-garbage-output",
     "allot-test-wrong-contract",
     "allot-test-start-trap",
+    "allot-test-quota-v2",
 ];
 
 /// Path of a plugin package's component, building all of them on first use.
