@@ -329,3 +329,104 @@ async fn replay_check_guards_activation() {
     assert_eq!(forced["check"]["failures"].as_array().unwrap().len(), 1);
     node.stop().await;
 }
+
+/// Versions swap many times under continuous reservations: no request fails, nothing is overbooked, and every event names the version that decided it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_lose_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    operator
+        .create("hot", "quota", json!({ "name": "hot", "units": 1_000_000 }))
+        .await
+        .ok(201);
+    let first = active(operator.get("/v1/plugins").await.ok(200), "quota");
+    let second = upload(
+        &operator,
+        another_build(component("allot-plugin-template"), "swap"),
+        Some("quota"),
+    )
+    .await;
+    let second = second.ok(201)["digest"].as_str().unwrap().to_owned();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (stop, base) = (stop.clone(), node.url());
+            tokio::spawn(async move {
+                let api = Api {
+                    http: reqwest::Client::new(),
+                    base,
+                    token: Some(common::api::CHECKOUT),
+                };
+                let mut statuses = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = api
+                        .reserve("hot", &format!("c{client}-{n}"), json!({ "units": 1 }))
+                        .await;
+                    statuses.push((reply.status.as_u16(), reply.body["code"].clone()));
+                    n += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+
+    for swap in 0..20 {
+        let digest = if swap % 2 == 0 { &second } else { &first };
+        let activated = operator
+            .post(
+                "/v1/capacity-types/quota/activate",
+                json!({ "digest": digest }),
+            )
+            .await;
+        assert_eq!(activated.ok(200)["check"]["failures"], json!([]));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = 0;
+    for client in clients {
+        for (status, code) in client.await.unwrap() {
+            assert_eq!(status, 201, "a reservation failed during swaps: {code}");
+            accepted += 1;
+        }
+    }
+    assert!(
+        accepted > 100,
+        "the load was too light to prove anything: {accepted}"
+    );
+
+    let state = operator.get("/v1/pools/hot").await;
+    assert_eq!(state.ok(200)["cells"][0]["used"], accepted);
+    let mut digests = std::collections::BTreeMap::<String, u64>::new();
+    let mut after = 0;
+    loop {
+        let page = operator
+            .get(&format!("/v1/pools/hot/events?after={after}&limit=1000"))
+            .await;
+        let page = page.ok(200).clone();
+        for event in page["events"].as_array().unwrap() {
+            *digests
+                .entry(event["plugin_digest"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(digests.values().sum::<u64>(), accepted);
+    assert_eq!(
+        digests.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut both = vec![first.clone(), second.clone()];
+            both.sort();
+            both
+        },
+        "both versions decided some of the events"
+    );
+    node.stop().await;
+}

@@ -127,8 +127,8 @@ pub async fn upload(
 }
 
 /// Make a stored version the one that decides its capacity type, on every
-/// node, after a replay check over every pool of the type. Pools already
-/// live keep their version until they passivate.
+/// node, after a replay check over every pool of the type. Live pools move
+/// to it at their next command.
 #[utoipa::path(
     post,
     path = "/v1/capacity-types/{capacity_type}/activate",

@@ -96,8 +96,9 @@ impl Runtime {
         &self.inner.journal
     }
 
-    /// Makes a plugin the one that runs pools of its capacity type. Entities
-    /// already running keep the plugin they started with.
+    /// Makes a plugin the one that runs pools of its capacity type. Live
+    /// entities move to it at their next batch, by a snapshot it accepts or
+    /// by replaying their events; one that cannot keeps its version.
     pub fn load_plugin(&self, plugin: Arc<Plugin>) {
         let capacity_type = plugin.info().capacity_type.clone();
         self.inner

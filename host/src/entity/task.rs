@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
 use crate::metrics::{PluginLabels, metrics};
-use crate::sandbox::{self, LivePool, View};
+use crate::sandbox::{self, Json, LivePool, Plugin, View};
 
 /// Events read from the journal per query while recovering.
 const REPLAY_PAGE: i64 = 5_000;
@@ -30,7 +30,12 @@ struct Entity {
     id: PoolId,
     capacity_type: Arc<str>,
     live: LivePool,
+    /// The version deciding, recorded with every event it decides.
     plugin: Arc<PluginRef>,
+    /// The config the pool was created with, to rebuild it in another version.
+    config: Json,
+    /// A version this pool could not move to; not tried again.
+    refused: Option<String>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
     /// The outcome of every keyed command that took effect.
@@ -67,6 +72,19 @@ pub(super) async fn run(
             }
         }
         metrics().batch_size.observe(batch.len() as f64);
+        // A command boundary: a newly activated version takes over here, so
+        // the batch is decided by it and nothing decided is ever redone.
+        if let Ok(active) = runtime.plugin(&entity.capacity_type)
+            && active.digest() != entity.plugin.digest
+            && entity.refused.as_deref() != Some(active.digest())
+            && let Err(reason) = entity.swap(&runtime, &active).await
+        {
+            tracing::error!(
+                to = %active.digest(),
+                "the pool cannot move to the active plugin version and keeps its own: {reason}"
+            );
+            entity.refused = Some(active.digest().to_owned());
+        }
         let outcome = entity.process(&runtime, batch).await;
         // A pool whose instance could not be rebuilt after a plugin fault is
         // rebuilt from the journal; only a history that cannot be replayed
@@ -232,6 +250,8 @@ impl Entity {
             .clone();
         Ok(Self {
             decide_seconds,
+            config: record.config,
+            refused: None,
             id: id.clone(),
             capacity_type: Arc::from(record.capacity_type),
             plugin: Arc::new(PluginRef {
@@ -388,6 +408,87 @@ impl Entity {
         Ok(())
     }
 
+    /// Moves the pool to another plugin version: by a snapshot the new
+    /// version accepts, else by replaying every event through it. On error
+    /// nothing has changed.
+    async fn swap(&mut self, runtime: &Inner, plugin: &Arc<Plugin>) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let id = self.id.as_str();
+        let config = self.config.get();
+        let restored = match self.live.checkpoint() {
+            Ok(snapshot) if snapshot.state_version == plugin.info().state_version => {
+                match LivePool::restore(plugin, id, config, snapshot) {
+                    Ok(Ok(live)) => Some(live),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let (live, how) = match restored {
+            Some(live) => (live, "snapshot"),
+            None => (
+                replay_into(runtime, &self.id, &self.config, self.seq, plugin).await?,
+                "replay",
+            ),
+        };
+        tracing::info!(
+            from = %self.plugin.digest,
+            to = %plugin.digest(),
+            how,
+            seq_nr = self.seq.0,
+            took_us = started.elapsed().as_micros() as u64,
+            "pool moved to another plugin version"
+        );
+        let info = plugin.info();
+        self.live = live;
+        self.plugin = Arc::new(PluginRef {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            digest: plugin.digest().to_owned(),
+        });
+        self.refused = None;
+        Ok(())
+    }
+}
+
+/// A pool rebuilt in `plugin` from its config and every event, which must
+/// end at `end`. (A free function: an entity is not `Sync`, so no reference
+/// to one may be held across an await.)
+async fn replay_into(
+    runtime: &Inner,
+    id: &PoolId,
+    config: &Json,
+    end: SeqNr,
+    plugin: &Arc<Plugin>,
+) -> Result<LivePool, String> {
+    let mut live = match LivePool::create(plugin, id.as_str(), config.get()) {
+        Ok(Ok(live)) => live,
+        Ok(Err(problem)) => return Err(format!("it refuses the pool's config: {problem}")),
+        Err(error) => return Err(format!("creating the pool failed: {error}")),
+    };
+    let mut seq = SeqNr(0);
+    loop {
+        let page = runtime
+            .journal
+            .events(id, seq, REPLAY_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            live.replay(&event.payload)
+                .map_err(|e| format!("event {} cannot be replayed: {e}", event.seq_nr))?;
+            seq = event.seq_nr;
+        }
+    }
+    if seq != end {
+        return Err(format!("the journal ends at {seq}, the pool at {end}"));
+    }
+    Ok(live)
+}
+
+impl Entity {
     async fn snapshot(&mut self, runtime: &Inner) {
         if self.seq == self.snapshot_seq {
             return;

@@ -339,8 +339,8 @@ impl Registry {
         Ok(active.len())
     }
 
-    /// Makes the runtime run this version for its capacity type. Pools that
-    /// are live keep the version they started with until they passivate.
+    /// Makes the runtime run this version for its capacity type; live pools
+    /// move to it at their next command.
     pub async fn apply(&self, runtime: &Runtime, digest: &str) -> Result<()> {
         let plugin = self.load(digest).await?;
         let current = runtime.plugin(&plugin.info().capacity_type).ok();
