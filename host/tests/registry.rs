@@ -318,15 +318,38 @@ async fn replay_check_guards_activation() {
     let versions = operator.get("/v1/plugins?capacity_type=quota").await;
     assert_ne!(active(versions.ok(200), "quota"), v2);
 
+    // Forced, it is activated, but the live pool `q-resized` cannot move to
+    // it: the activation is undone as a whole, naming the pool.
+    let before = active(operator.get("/v1/plugins").await.ok(200), "quota");
     let forced = operator
         .post(
             "/v1/capacity-types/quota/activate",
             json!({ "digest": v2, "force": true }),
         )
         .await;
-    let forced = forced.ok(200);
-    assert_eq!(forced["activation"]["digest"], v2.as_str());
-    assert_eq!(forced["check"]["failures"].as_array().unwrap().len(), 1);
+    forced.problem(409, "activation_rolled_back");
+    let detail = forced.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("q-resized") && detail.contains("event 2"),
+        "{detail}"
+    );
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_eq!(active(versions.ok(200), "quota"), before);
+    // Both pools decide on the version that is active again.
+    for pool in ["q-plain", "q-resized"] {
+        operator
+            .reserve(pool, "r2", json!({ "units": 1 }))
+            .await
+            .ok(201);
+        let events = operator.get(&format!("/v1/pools/{pool}/events")).await;
+        let last = events.ok(200)["events"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["plugin_digest"], before.as_str(), "{pool}");
+    }
     node.stop().await;
 }
 

@@ -283,6 +283,12 @@ impl From<crate::registry::Error> for ApiError {
                 "Replay check failed",
                 format!("{error}; send `force: true` to activate it anyway"),
             ),
+            E::SwapFailed { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "activation_rolled_back",
+                "Activation rolled back",
+                error.to_string(),
+            ),
             E::Journal(error) => error.into(),
             E::Database(error) => journal::Error::Database(error).into(),
         }

@@ -137,7 +137,7 @@ pub async fn upload(
     request_body = ActivateBody,
     responses(
         (status = 200, description = "Active, on this node already", body = Activated),
-        (status = 409, description = "It cannot replay existing pools' history (`replay_check_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "It cannot replay existing pools' history (`replay_check_failed`), or a live pool could not move to it and the activation was rolled back (`activation_rolled_back`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 400, description = "A malformed body", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),

@@ -166,6 +166,50 @@ impl Runtime {
         wait(deadline, view).await
     }
 
+    /// Moves every live entity to its type's active version now, at its next
+    /// command boundary, and waits until `deadline`. Returns the pools that
+    /// could not move, with why (an entity that did not answer in time is
+    /// one of them).
+    pub async fn swap_live(&self, deadline: Instant) -> Vec<(PoolId, String)> {
+        let pools: Vec<PoolId> = self
+            .inner
+            .entities
+            .lock()
+            .expect("entity table")
+            .keys()
+            .cloned()
+            .collect();
+        let mut waiting = Vec::with_capacity(pools.len());
+        for pool in pools {
+            // A full mailbox drains in well under the deadline; try again.
+            let answer = loop {
+                let (reply, answer) = oneshot::channel();
+                match self.send(&pool, Envelope::Swap(reply)) {
+                    Ok(()) => break Some(answer),
+                    Err(Error::Overloaded(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%pool, "not swapped: {error}");
+                        break None;
+                    }
+                }
+            };
+            if let Some(answer) = answer {
+                waiting.push((pool, answer));
+            }
+        }
+        let mut failed = Vec::new();
+        for (pool, answer) in waiting {
+            match timeout_at(deadline, answer).await {
+                Ok(Ok(Ok(()))) | Ok(Err(_)) => {}
+                Ok(Ok(Err(reason))) => failed.push((pool, reason)),
+                Err(_) => failed.push((pool, "it did not answer in time".to_owned())),
+            }
+        }
+        failed
+    }
+
     /// Number of live entities.
     pub fn active_pools(&self) -> usize {
         self.inner.entities.lock().expect("entity table").len()

@@ -22,6 +22,9 @@ const REPLAY_PAGE: i64 = 5_000;
 pub(super) enum Envelope {
     Command(Request, oneshot::Sender<Result<Outcome>>),
     View(oneshot::Sender<Result<(SeqNr, View)>>),
+    /// Answered once the entity runs its type's active version, or with why
+    /// it cannot.
+    Swap(oneshot::Sender<Result<(), String>>),
 }
 
 /// A recovered pool: its live instance, where its history ends, and the
@@ -34,8 +37,8 @@ struct Entity {
     plugin: Arc<PluginRef>,
     /// The config the pool was created with, to rebuild it in another version.
     config: Json,
-    /// A version this pool could not move to; not tried again.
-    refused: Option<String>,
+    /// A version this pool could not move to, and why; not tried again.
+    refused: Option<(String, String)>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
     /// The outcome of every keyed command that took effect.
@@ -76,14 +79,14 @@ pub(super) async fn run(
         // the batch is decided by it and nothing decided is ever redone.
         if let Ok(active) = runtime.plugin(&entity.capacity_type)
             && active.digest() != entity.plugin.digest
-            && entity.refused.as_deref() != Some(active.digest())
+            && entity.refused.as_ref().map(|(d, _)| d.as_str()) != Some(active.digest())
             && let Err(reason) = entity.swap(&runtime, &active).await
         {
             tracing::error!(
                 to = %active.digest(),
                 "the pool cannot move to the active plugin version and keeps its own: {reason}"
             );
-            entity.refused = Some(active.digest().to_owned());
+            entity.refused = Some((active.digest().to_owned(), reason));
         }
         let outcome = entity.process(&runtime, batch).await;
         // A pool whose instance could not be rebuilt after a plugin fault is
@@ -125,6 +128,9 @@ async fn refuse_all(
             match envelope {
                 Envelope::Command(_, reply) => drop(reply.send(Err(same_error(&error)))),
                 Envelope::View(reply) => drop(reply.send(Err(same_error(&error)))),
+                // Not live, so nothing to move: it starts in the active
+                // version whenever it can start.
+                Envelope::Swap(reply) => drop(reply.send(Ok(()))),
             }
         }
         if runtime.retire(pool, generation, &inbox) {
@@ -286,6 +292,15 @@ impl Entity {
             let (request, reply) = match envelope {
                 Envelope::View(reply) => {
                     views.push(reply);
+                    continue;
+                }
+                Envelope::Swap(reply) => {
+                    let _ = reply.send(match &self.refused {
+                        Some((digest, reason)) if *digest != self.plugin.digest => {
+                            Err(reason.clone())
+                        }
+                        _ => Ok(()),
+                    });
                     continue;
                 }
                 Envelope::Command(request, reply) => (request, reply),

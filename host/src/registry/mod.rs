@@ -25,6 +25,9 @@ use crate::sandbox::{self, Engine, Plugin};
 /// The notification channel activations are announced on.
 const CHANNEL: &str = "allot_plugin_activations";
 
+/// How long live pools have to move to a newly activated version.
+const SWAP_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A stored plugin version.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Version {
@@ -92,6 +95,19 @@ pub enum Error {
     /// The candidate cannot rebuild existing pools from their history.
     #[error("the version cannot replay the history of existing pools: {}", .0.summary())]
     ReplayCheckFailed(Box<Report>),
+    /// A live pool could not move to the version, so the activation was
+    /// undone as a whole.
+    #[error(
+        "pool `{pool}` could not move to the version ({reason}); the activation was rolled back to {restored}"
+    )]
+    SwapFailed {
+        /// The first pool that could not move.
+        pool: String,
+        /// Why.
+        reason: String,
+        /// The version active again.
+        restored: String,
+    },
     /// Reading pools or events failed.
     #[error(transparent)]
     Journal(crate::journal::Error),
@@ -222,6 +238,25 @@ impl Registry {
         }
         let activation = self.activate(capacity_type, digest, activated_by).await?;
         self.apply(runtime, digest).await?;
+        // Every live pool moves now, so that a pool that cannot is known
+        // before anyone is told the version is active.
+        let deadline = tokio::time::Instant::now() + SWAP_DEADLINE;
+        let failed = runtime.swap_live(deadline).await;
+        if let Some((pool, reason)) = failed.into_iter().next() {
+            let restored = self.rollback(capacity_type, "system").await?;
+            self.apply(runtime, &restored.digest).await?;
+            let unrestored = runtime
+                .swap_live(tokio::time::Instant::now() + SWAP_DEADLINE)
+                .await;
+            for (pool, reason) in unrestored {
+                tracing::error!(%pool, "pool could not move back after a failed activation: {reason}");
+            }
+            return Err(Error::SwapFailed {
+                pool: pool.to_string(),
+                reason,
+                restored: restored.digest,
+            });
+        }
         Ok((activation, report))
     }
 

@@ -1,7 +1,9 @@
 //! A second version of the `quota` capacity type, as a team might ship it:
 //! it no longer knows the `units_set` event (so pools whose history has one
 //! cannot be replayed), and its cells carry a new label (so every other
-//! pool's view differs). The registry's replay check must report both.
+//! pool's view differs). Its state layout is new, so pools move to it by
+//! replay. The registry's replay check must report both, and a forced
+//! activation must be rolled back when a live pool cannot move.
 
 #![allow(missing_docs)]
 
@@ -41,6 +43,9 @@ pub struct State {
 
 impl CapacityType for QuotaV2 {
     const CAPACITY_TYPE: &'static str = "quota";
+    // A new state layout: live pools move to this version by replaying
+    // their events, not by a snapshot.
+    const STATE_VERSION: u32 = 2;
 
     type Config = Config;
     type Request = Request;
