@@ -3,7 +3,11 @@
 //! spread over 1,000 pools and for one hot pool; then the recovery time of a
 //! pool with 100,000 events, with and without a snapshot.
 //!
-//! `cargo bench -p allot-host --bench entity -- [--rate N] [--seconds S]`
+//! `cargo bench -p allot-host --bench entity -- [--rate N] [--seconds S] [--shadow]`
+//!
+//! With `--shadow`, the quota type is shadowed by a second copy of its own
+//! plugin, which decides every command too: the cost of shadow evaluation
+//! on the real decision path.
 //!
 //! The load is open-loop: commands are sent on a fixed schedule and latency is
 //! measured from when each was due, so a slow system cannot hide its queue.
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     };
     let rate = arg("--rate", 4000.0);
     let seconds = arg("--seconds", 10.0);
+    let shadow = args.iter().any(|a| a == "--shadow");
 
     eprintln!("building the quota plugin…");
     let path = dev::build_plugins(&dev::workspace_root(), &["allot-plugin-template"])?.remove(0);
@@ -59,9 +64,15 @@ fn main() -> anyhow::Result<()> {
         .block_on(async {
             let url = fresh_database(&admin).await?;
             let runtime = Runtime::new(Journal::connect(&url, 16).await?, Settings::default());
-            runtime.load_plugin(plugin);
+            runtime.load_plugin(plugin.clone());
+            if shadow {
+                runtime.start_shadow(plugin);
+            }
 
-            println!("offered {rate:.0} commands/s for {seconds:.0} s, open loop");
+            println!(
+                "offered {rate:.0} commands/s for {seconds:.0} s, open loop{}",
+                if shadow { ", shadowed" } else { "" }
+            );
             println!(
                 "{:<22} {:>12} {:>10} {:>10} {:>10} {:>10}  errors",
                 "scenario", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
@@ -75,6 +86,12 @@ fn main() -> anyhow::Result<()> {
             let activation = started.elapsed();
             load(&runtime, "1,000 pools", &pools, rate, seconds).await;
             load(&runtime, "one hot pool", &hot, rate, seconds).await;
+            if let Some(report) = runtime.shadow_report("quota") {
+                println!(
+                    "shadow: {} decisions agreed, {} disagreed, {} failed",
+                    report.agreements, report.disagreements, report.failures
+                );
+            }
             println!(
                 "activating 1,001 pools (their first command after a start) took {:.0} ms",
                 activation.as_secs_f64() * 1e3

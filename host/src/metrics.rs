@@ -8,6 +8,7 @@
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -33,6 +34,15 @@ pub struct PluginLabels {
     pub call: &'static str,
 }
 
+/// Labels of a shadow decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// The capacity type.
+    pub capacity_type: String,
+    /// `agree`, `disagree` or `failed`.
+    pub result: &'static str,
+}
+
 /// Every metric Allot exports.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +64,8 @@ pub struct Metrics {
     pub read_model_pools: Gauge,
     /// Time from a view's commit to its arrival in this node's read model.
     pub read_model_lag: Histogram,
+    /// Decisions of shadowing versions, by whether they agreed.
+    pub shadow_decisions: Family<ShadowLabels, Counter>,
 }
 
 /// Latencies from 50 µs to about 13 s.
@@ -93,6 +105,7 @@ impl Metrics {
             active_pools: Gauge::default(),
             read_model_pools: Gauge::default(),
             read_model_lag: latency(),
+            shadow_decisions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +152,11 @@ impl Metrics {
             "allot_read_model_lag_seconds",
             "Time from a view's commit to its arrival in this node's read model",
             metrics.read_model_lag.clone(),
+        );
+        registry.register(
+            "allot_shadow_decisions",
+            "Decisions of shadowing plugin versions, by capacity type and whether they agreed",
+            metrics.shadow_decisions.clone(),
         );
         Self {
             registry,

@@ -822,7 +822,7 @@ async fn node_routes_and_openapi_document() {
     let document = document.ok(200).clone();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 19);
+    assert_eq!(paths.len(), 20);
     for (path, operations) in paths {
         for method in operations.as_object().unwrap().keys() {
             let concrete = path.replace("{pool}", "p1").replace("{reservation}", "r1");

@@ -453,3 +453,97 @@ async fn swaps_under_load_lose_nothing() {
     );
     node.stop().await;
 }
+
+/// A shadowing version decides every live command beside the active one; agreements, disagreements with examples, and failures are reported, and nothing it decides is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_reports_disagreements() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    operator
+        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "before", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    let v2 = upload(&operator, component("allot-test-quota-v2"), Some("quota")).await;
+    let v2 = v2.ok(201)["digest"].as_str().unwrap().to_owned();
+    operator
+        .get("/v1/capacity-types/quota/shadow")
+        .await
+        .problem(404, "no_shadow");
+    let started = operator
+        .post("/v1/capacity-types/quota/shadow", json!({ "digest": v2 }))
+        .await;
+    assert_eq!(started.ok(200)["agreements"], 0);
+
+    // Both versions decide these alike.
+    operator
+        .reserve("q1", "a", json!({ "units": 2 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "b", json!({ "units": 10 }))
+        .await
+        .problem(409, "quota_exhausted");
+    // The active version refuses zero units, the candidate takes them: the
+    // caller gets the active version's answer.
+    operator
+        .reserve("q1", "zero", json!({ "units": 0 }))
+        .await
+        .problem(422, "invalid_units");
+    // The candidate has no commands, and then cannot apply the event the
+    // active version decided: it stops following the pool.
+    operator
+        .post(
+            "/v1/pools/q1/commands",
+            json!({ "name": "set_units", "payload": { "units": 8 } }),
+        )
+        .await
+        .ok(200);
+    operator
+        .reserve("q1", "c", json!({ "units": 1 }))
+        .await
+        .ok(201);
+
+    let report = operator.get("/v1/capacity-types/quota/shadow").await;
+    let report = report.ok(200).clone();
+    assert_eq!(report["digest"], v2.as_str());
+    assert_eq!(report["agreements"], 2, "{report}");
+    assert_eq!(report["disagreements"], 2, "{report}");
+    assert_eq!(report["failures"], 1, "{report}");
+    let examples = report["examples"].as_array().unwrap();
+    assert_eq!(examples[0]["command"]["id"], "zero");
+    assert_eq!(examples[0]["active"]["problem"]["code"], "invalid_units");
+    assert_eq!(examples[0]["shadow"]["events"][0]["units"], 0);
+    assert_eq!(examples[1]["shadow"]["problem"]["code"], "unknown_command");
+
+    // Nothing the shadow decided was recorded.
+    let events = operator.get("/v1/pools/q1/events").await;
+    let events = events.ok(200)["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|e| e["plugin_digest"] != v2.as_str()));
+    let metrics = reqwest::get(format!("{}/metrics", node.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "allot_shadow_decisions_total{capacity_type=\"quota\",result=\"disagree\"} 2"
+        ),
+        "{metrics}"
+    );
+
+    let stopped = operator
+        .send(Method::DELETE, "/v1/capacity-types/quota/shadow", None)
+        .await;
+    assert_eq!(stopped.ok(200)["disagreements"], 2);
+    operator
+        .get("/v1/capacity-types/quota/shadow")
+        .await
+        .problem(404, "no_shadow");
+    node.stop().await;
+}

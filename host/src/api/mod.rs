@@ -105,6 +105,12 @@ pub fn router(state: AppState) -> Router {
             post(plugins::check),
         )
         .route(
+            "/capacity-types/{capacity_type}/shadow",
+            post(plugins::start_shadow)
+                .get(plugins::shadow_report)
+                .delete(plugins::stop_shadow),
+        )
+        .route(
             "/plugins",
             get(plugins::versions)
                 .post(plugins::upload)

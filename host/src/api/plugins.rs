@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::OPERATING;
 use super::{ApiError, AppState, Body, Caller, Path, ProblemBody, Query};
+use crate::entity::ShadowReport;
 use crate::registry::{Activation, Report, Version, replay_check};
 
 /// Largest component taken, in bytes.
@@ -246,4 +247,114 @@ pub async fn rollback(
         .apply(&state.runtime, &activation.digest)
         .await?;
     Ok(axum::Json(activation))
+}
+
+/// The version to shadow with.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowBody {
+    /// Its digest, `sha256:<hex>`.
+    pub digest: String,
+}
+
+/// Start shadowing a capacity type with a stored version, on this node:
+/// from each live pool's next command on, it decides every command too; its
+/// decisions are compared with the real ones and never recorded.
+#[utoipa::path(
+    post,
+    path = "/v1/capacity-types/{capacity_type}/shadow",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    request_body = ShadowBody,
+    responses(
+        (status = 200, description = "Shadowing from now on (a previous shadow is replaced)", body = ShadowReport),
+        (status = 400, description = "A malformed body", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The version implements another capacity type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn start_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+    Body(body): Body<ShadowBody>,
+) -> Result<axum::Json<ShadowReport>, ApiError> {
+    caller.require(OPERATING)?;
+    let candidate = state.registry.load(&body.digest).await?;
+    if candidate.info().capacity_type != capacity_type {
+        return Err(crate::registry::Error::WrongType {
+            expected: capacity_type,
+            found: candidate.info().capacity_type.clone(),
+        }
+        .into());
+    }
+    Ok(axum::Json(state.runtime.start_shadow(candidate)))
+}
+
+/// What the capacity type's shadow found so far on this node: agreements,
+/// disagreements (with the latest examples) and failures.
+#[utoipa::path(
+    get,
+    path = "/v1/capacity-types/{capacity_type}/shadow",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    responses(
+        (status = 200, description = "The report so far", body = ShadowReport),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No shadow (`no_shadow`)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn shadow_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+) -> Result<axum::Json<ShadowReport>, ApiError> {
+    caller.require(OPERATING)?;
+    state
+        .runtime
+        .shadow_report(&capacity_type)
+        .map(axum::Json)
+        .ok_or_else(|| no_shadow(&capacity_type))
+}
+
+/// Stop the capacity type's shadow; answers its final report.
+#[utoipa::path(
+    delete,
+    path = "/v1/capacity-types/{capacity_type}/shadow",
+    tag = "plugins",
+    params(("capacity_type" = String, Path, description = "The capacity type")),
+    responses(
+        (status = 200, description = "Stopped; the final report", body = ShadowReport),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No shadow (`no_shadow`)", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn stop_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(capacity_type): Path<String>,
+) -> Result<axum::Json<ShadowReport>, ApiError> {
+    caller.require(OPERATING)?;
+    state
+        .runtime
+        .stop_shadow(&capacity_type)
+        .map(axum::Json)
+        .ok_or_else(|| no_shadow(&capacity_type))
+}
+
+fn no_shadow(capacity_type: &str) -> ApiError {
+    ApiError::not_found(
+        "no_shadow",
+        format!("no version shadows capacity type `{capacity_type}` on this node"),
+    )
 }

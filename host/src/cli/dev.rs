@@ -97,9 +97,24 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
     println!("  curl -H 'Authorization: Bearer dev-checkout-token' {url}/v1/grid");
     println!("  API reference: {url}/openapi.json");
     println!();
+    println!("Watching plugins/: a saved change is rebuilt, checked and swapped in.");
     println!("Ctrl-C stops it; the data stays for the next run (`--fresh` starts over).");
 
-    super::shutdown_signal().await;
+    let mut watcher = tokio::spawn(super::watch::watch(
+        dev::workspace_root(),
+        node.registry().clone(),
+        node.runtime().clone(),
+    ));
+    tokio::select! {
+        _ = super::shutdown_signal() => {}
+        stopped = &mut watcher => {
+            if let Ok(Err(error)) = stopped {
+                eprintln!("the plugin watcher stopped: {error:#}");
+            }
+            super::shutdown_signal().await;
+        }
+    }
+    watcher.abort();
     eprintln!("shutting down …");
     node.stop().await;
     Ok(true)

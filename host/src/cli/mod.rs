@@ -4,6 +4,7 @@
 mod client;
 mod dev;
 mod plugins;
+mod watch;
 
 use std::path::PathBuf;
 

@@ -73,6 +73,30 @@ pub(super) enum PluginsCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Let a stored version decide every live command of its type beside
+    /// the active one, on this node, for comparison only (operators).
+    Shadow {
+        /// The capacity type.
+        capacity_type: String,
+        /// The version's digest (`sha256:…`).
+        digest: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show what the type's shadow found so far (operators).
+    ShadowReport {
+        /// The capacity type.
+        capacity_type: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop the type's shadow and show its final report (operators).
+    ShadowStop {
+        /// The capacity type.
+        capacity_type: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Make the previously active version active again (operators).
     Rollback {
         /// The capacity type.
@@ -160,6 +184,41 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             print(
                 Client::new(remote)
                     .call(Method::POST, &path, Some(body), &[])
+                    .await?,
+            )
+        }
+        PluginsCommand::Shadow {
+            capacity_type,
+            digest,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            let body = serde_json::json!({ "digest": digest });
+            print(
+                Client::new(remote)
+                    .call(Method::POST, &path, Some(body), &[])
+                    .await?,
+            )
+        }
+        PluginsCommand::ShadowReport {
+            capacity_type,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            print(
+                Client::new(remote)
+                    .call(Method::GET, &path, None, &[])
+                    .await?,
+            )
+        }
+        PluginsCommand::ShadowStop {
+            capacity_type,
+            remote,
+        } => {
+            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            print(
+                Client::new(remote)
+                    .call(Method::DELETE, &path, None, &[])
                     .await?,
             )
         }

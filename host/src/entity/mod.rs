@@ -9,6 +9,7 @@
 
 mod history;
 mod runtime;
+mod shadow;
 mod task;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
 pub use history::Point;
 pub use runtime::{Runtime, Settings};
+pub use shadow::{Disagreement, ShadowReport};
 
 /// A command for a pool, with what the host needs to run it.
 #[derive(Debug)]

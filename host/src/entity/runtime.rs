@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
+use super::shadow::{Shadow, ShadowReport};
 use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
@@ -60,6 +61,8 @@ pub(super) struct Inner {
     pub(super) committer: Committer,
     pub(super) settings: Settings,
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    /// Versions shadowing capacity types on this node.
+    shadows: RwLock<HashMap<String, Arc<Shadow>>>,
     /// The live entities. Commands are sent while holding this lock, so that
     /// an entity that finds its mailbox empty under the lock can passivate
     /// knowing nothing more will arrive.
@@ -84,6 +87,7 @@ impl Runtime {
                 journal,
                 settings,
                 plugins: RwLock::default(),
+                shadows: RwLock::default(),
                 entities: Mutex::default(),
                 generations: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
@@ -106,6 +110,35 @@ impl Runtime {
             .write()
             .expect("plugin table")
             .insert(capacity_type, plugin);
+    }
+
+    /// Makes `plugin` shadow its capacity type on this node: from each live
+    /// pool's next command on, it decides every command too, for
+    /// comparison only. Replaces a shadow the type had.
+    pub fn start_shadow(&self, plugin: Arc<Plugin>) -> ShadowReport {
+        let shadow = Arc::new(Shadow::new(plugin));
+        let report = shadow.report();
+        self.inner
+            .shadows
+            .write()
+            .expect("shadow table")
+            .insert(report.capacity_type.clone(), shadow);
+        report
+    }
+
+    /// What the type's shadow found so far.
+    pub fn shadow_report(&self, capacity_type: &str) -> Option<ShadowReport> {
+        self.inner.shadow(capacity_type).map(|s| s.report())
+    }
+
+    /// Stops the type's shadow; returns what it found.
+    pub fn stop_shadow(&self, capacity_type: &str) -> Option<ShadowReport> {
+        self.inner
+            .shadows
+            .write()
+            .expect("shadow table")
+            .remove(capacity_type)
+            .map(|s| s.report())
     }
 
     /// The loaded plugins, by capacity type.
@@ -272,6 +305,14 @@ impl Runtime {
 }
 
 impl Inner {
+    pub(super) fn shadow(&self, capacity_type: &str) -> Option<Arc<Shadow>> {
+        self.shadows
+            .read()
+            .expect("shadow table")
+            .get(capacity_type)
+            .cloned()
+    }
+
     pub(super) fn plugin(&self, capacity_type: &str) -> Result<Arc<Plugin>> {
         self.plugins
             .read()

@@ -11,10 +11,11 @@ use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::shadow::Shadow;
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
 use crate::metrics::{PluginLabels, metrics};
-use crate::sandbox::{self, Json, LivePool, Plugin, View};
+use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
 
 /// Events read from the journal per query while recovering.
 const REPLAY_PAGE: i64 = 5_000;
@@ -37,6 +38,8 @@ struct Entity {
     plugin: Arc<PluginRef>,
     /// The config the pool was created with, to rebuild it in another version.
     config: Json,
+    /// The version shadowing this pool's type, if any.
+    shadow: Option<Following>,
     /// A version this pool could not move to, and why; not tried again.
     refused: Option<(String, String)>,
     seq: SeqNr,
@@ -88,6 +91,7 @@ pub(super) async fn run(
             );
             entity.refused = Some((active.digest().to_owned(), reason));
         }
+        entity.follow_shadow(&runtime).await;
         let outcome = entity.process(&runtime, batch).await;
         // A pool whose instance could not be rebuilt after a plugin fault is
         // rebuilt from the journal; only a history that cannot be replayed
@@ -258,6 +262,7 @@ impl Entity {
             decide_seconds,
             config: record.config,
             refused: None,
+            shadow: None,
             id: id.clone(),
             capacity_type: Arc::from(record.capacity_type),
             plugin: Arc::new(PluginRef {
@@ -287,6 +292,8 @@ impl Entity {
         let mut answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)> =
             Vec::with_capacity(batch.len());
         let mut views = Vec::new();
+        let shadowing = self.shadow.as_ref().is_some_and(|f| f.live.is_some());
+        let mut shadow_work: Vec<ShadowWork> = Vec::new();
 
         for envelope in batch {
             let (request, reply) = match envelope {
@@ -336,6 +343,14 @@ impl Entity {
                     continue;
                 }
             };
+            if shadowing {
+                shadow_work.push((
+                    request.context.clone(),
+                    request.command.clone(),
+                    decision.clone(),
+                    self.seq.after(events.len()),
+                ));
+            }
             if let Ok(new) = &decision {
                 events.extend(new.iter().map(|payload| NewEvent {
                     payload: payload.clone(),
@@ -408,6 +423,8 @@ impl Entity {
         for (reply, outcome) in answers {
             let _ = reply.send(Ok(outcome));
         }
+        // Only now, with everyone answered: the shadow costs no one time.
+        self.run_shadow(shadow_work);
         if !views.is_empty() {
             let view = self.live.view();
             for reply in views {
@@ -428,24 +445,7 @@ impl Entity {
     /// nothing has changed.
     async fn swap(&mut self, runtime: &Inner, plugin: &Arc<Plugin>) -> Result<(), String> {
         let started = std::time::Instant::now();
-        let id = self.id.as_str();
-        let config = self.config.get();
-        let restored = match self.live.checkpoint() {
-            Ok(snapshot) if snapshot.state_version == plugin.info().state_version => {
-                match LivePool::restore(plugin, id, config, snapshot) {
-                    Ok(Ok(live)) => Some(live),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        let (live, how) = match restored {
-            Some(live) => (live, "snapshot"),
-            None => (
-                replay_into(runtime, &self.id, &self.config, self.seq, plugin).await?,
-                "replay",
-            ),
-        };
+        let (live, how) = self.rebuilt_in(runtime, plugin).await?;
         tracing::info!(
             from = %self.plugin.digest,
             to = %plugin.digest(),
@@ -464,6 +464,101 @@ impl Entity {
         self.refused = None;
         Ok(())
     }
+
+    /// The pool's current state in another version: by a snapshot it
+    /// accepts, else by replaying every event through it.
+    async fn rebuilt_in(
+        &mut self,
+        runtime: &Inner,
+        plugin: &Arc<Plugin>,
+    ) -> Result<(LivePool, &'static str), String> {
+        let restored = match self.live.checkpoint() {
+            Ok(snapshot) if snapshot.state_version == plugin.info().state_version => {
+                match LivePool::restore(plugin, self.id.as_str(), self.config.get(), snapshot) {
+                    Ok(Ok(live)) => Some(live),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(match restored {
+            Some(live) => (live, "snapshot"),
+            None => (
+                replay_into(runtime, &self.id, &self.config, self.seq, plugin).await?,
+                "replay",
+            ),
+        })
+    }
+
+    /// Starts or stops following the version that shadows this pool's type.
+    async fn follow_shadow(&mut self, runtime: &Inner) {
+        let wanted = runtime.shadow(&self.capacity_type);
+        let current = self.shadow.as_ref().map(|f| &f.shadow);
+        match (wanted, current) {
+            (None, None) => {}
+            (None, Some(_)) => self.shadow = None,
+            (Some(wanted), Some(current)) if Arc::ptr_eq(&wanted, current) => {}
+            (Some(wanted), _) => {
+                let live = match self.rebuilt_in(runtime, &wanted.plugin).await {
+                    Ok((live, _)) => Some(live),
+                    Err(reason) => {
+                        tracing::warn!("the shadowing version cannot follow this pool: {reason}");
+                        wanted.failed();
+                        None
+                    }
+                };
+                self.shadow = Some(Following {
+                    shadow: wanted,
+                    live,
+                });
+            }
+        }
+    }
+
+    /// Lets the shadow decide the batch's commands, compares, and applies
+    /// the events really decided to it.
+    fn run_shadow(&mut self, work: Vec<ShadowWork>) {
+        let Some(following) = &mut self.shadow else {
+            return;
+        };
+        let Some(live) = &mut following.live else {
+            return;
+        };
+        for (context, command, active, seq_nr) in work {
+            match live.decide_only(&context, &command) {
+                Ok(decision) => following.shadow.compare(
+                    self.id.as_str(),
+                    seq_nr.0,
+                    &command,
+                    &active,
+                    &decision,
+                ),
+                Err(error) => {
+                    tracing::debug!("the shadowing version faulted: {error}");
+                    following.shadow.failed();
+                }
+            }
+            for event in active.iter().flatten() {
+                if let Err(error) = live.replay(event) {
+                    tracing::warn!("the shadowing version cannot apply a decided event: {error}");
+                    following.shadow.failed();
+                    following.live = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A command decided for real, for the shadow: its context, the command,
+/// the real decision and the pool's seq before it.
+type ShadowWork = (Context, Command, Decision, SeqNr);
+
+/// A shadowing version following one pool.
+struct Following {
+    shadow: Arc<Shadow>,
+    /// `None` when it cannot follow this pool.
+    live: Option<LivePool>,
 }
 
 /// A pool rebuilt in `plugin` from its config and every event, which must
@@ -507,6 +602,15 @@ impl Entity {
     async fn snapshot(&mut self, runtime: &Inner) {
         if self.seq == self.snapshot_seq {
             return;
+        }
+        // The shadow keeps the events it applied for rebuilds too; its own
+        // checkpoint lets it drop them.
+        if let Some(Following {
+            live: Some(shadow), ..
+        }) = &mut self.shadow
+            && shadow.checkpoint().is_err()
+        {
+            self.shadow = None;
         }
         match self.live.checkpoint() {
             Ok(snapshot) => match runtime

@@ -326,6 +326,11 @@ impl Node {
         &self.state.runtime
     }
 
+    /// The plugin registry.
+    pub fn registry(&self) -> &Registry {
+        &self.state.registry
+    }
+
     /// The read model.
     pub fn read_model(&self) -> &ReadModel {
         &self.state.read_model

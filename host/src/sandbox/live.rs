@@ -121,6 +121,14 @@ impl LivePool {
         }
     }
 
+    /// Decides a command without applying its events, to compare this
+    /// version's decision with another's (shadow evaluation). The caller
+    /// applies the events that were really decided with [`LivePool::replay`].
+    pub fn decide_only(&mut self, context: &Context, command: &Command) -> Result<Decision> {
+        let result = self.instance()?.decide(context, command);
+        self.heal(result)
+    }
+
     /// The pool's view.
     pub fn view(&mut self) -> Result<View> {
         let result = self.instance()?.view();
