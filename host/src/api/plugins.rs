@@ -24,6 +24,12 @@ pub struct TypeQuery {
     capacity_type: Option<String>,
 }
 
+/// A component's bytes, for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct ComponentBytes(Vec<u8>);
+
 /// The version to activate.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +96,7 @@ pub async fn versions(
     path = "/v1/plugins",
     tag = "plugins",
     params(TypeQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (`.wasm`)"),
+    request_body(content = ComponentBytes, content_type = "application/octet-stream", description = "The component (`.wasm`), as `application/wasm` or any other content type"),
     responses(
         (status = 201, description = "Stored", body = Version),
         (status = 200, description = "Stored already", body = Version),
