@@ -547,3 +547,62 @@ async fn shadow_mode_reports_disagreements() {
         .problem(404, "no_shadow");
     node.stop().await;
 }
+
+/// Pools a forced version cannot replay fail under that version only: a rollback brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_version_fails_pools_only_until_rolled_back() {
+    let node = node_with(
+        None,
+        allot_host::node::EntityConfig {
+            idle_after_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    operator
+        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    operator
+        .post(
+            "/v1/pools/q1/commands",
+            json!({ "name": "set_units", "payload": { "units": 9 } }),
+        )
+        .await
+        .ok(200);
+    let v2 = upload(&operator, component("allot-test-quota-v2"), Some("quota")).await;
+    let v2 = v2.ok(201)["digest"].as_str().unwrap().to_owned();
+    // Idle, the pool passivates: no live pool is there to refuse the version.
+    for _ in 0..100 {
+        if node.runtime().active_pools() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.runtime().active_pools(), 0);
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": v2, "force": true }),
+        )
+        .await
+        .ok(200);
+    operator
+        .reserve("q1", "r2", json!({ "units": 1 }))
+        .await
+        .problem(500, "pool_failed");
+    operator
+        .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+        .await
+        .ok(200);
+    operator
+        .reserve("q1", "r2", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    node.stop().await;
+}

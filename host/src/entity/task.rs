@@ -171,13 +171,20 @@ impl Entity {
             crate::journal::Error::UnknownPool(id) => Error::UnknownPool(id),
             e => Error::Journal(e),
         })?;
-        if let Some(reason) = record.failed_reason {
+        let plugin = runtime.plugin(&record.capacity_type)?;
+        // Failed under this version (or before versions were recorded):
+        // refused at once. Under another, this version tries again.
+        if let Some(reason) = &record.failed_reason
+            && record
+                .failed_digest
+                .as_deref()
+                .is_none_or(|digest| digest == plugin.digest())
+        {
             return Err(Error::PoolFailed {
                 pool: id.clone(),
-                reason,
+                reason: reason.clone(),
             });
         }
-        let plugin = runtime.plugin(&record.capacity_type)?;
         let config = record.config.get();
         let started = std::time::Instant::now();
 
@@ -222,7 +229,7 @@ impl Entity {
                 }
                 if let Err(error) = live.replay(&event.payload) {
                     let reason = format!("event {} cannot be replayed: {error}", event.seq_nr);
-                    journal.mark_failed(id, &reason).await?;
+                    journal.mark_failed(id, &reason, plugin.digest()).await?;
                     return Err(fail(id, reason));
                 }
                 seq = event.seq_nr;
@@ -244,6 +251,10 @@ impl Entity {
             )
             .filter(|entry| entry.as_ref().map_or(true, |(_, o)| o.is_accepted()))
             .collect::<Result<_>>()?;
+        if record.failed_reason.is_some() {
+            tracing::info!("pool failed under another plugin version, and this one replays it");
+            journal.clear_failed(id).await?;
+        }
         tracing::info!(
             seq_nr = seq.0,
             from_snapshot = snapshot_seq.0,

@@ -123,6 +123,8 @@ pub struct PoolRecord {
     pub config: Json,
     /// Why it failed, if its history could not be replayed.
     pub failed_reason: Option<String>,
+    /// The plugin version that could not replay it.
+    pub failed_digest: Option<String>,
 }
 
 /// An event to append.
@@ -298,7 +300,7 @@ impl Journal {
 
     /// A stored pool.
     pub async fn pool(&self, id: &PoolId) -> Result<PoolRecord> {
-        let row = sqlx::query("SELECT capacity_type, config::text AS config, failed_reason FROM pools WHERE pool_id = $1")
+        let row = sqlx::query("SELECT capacity_type, config::text AS config, failed_reason, failed_digest FROM pools WHERE pool_id = $1")
             .bind(id.as_str())
             .fetch_optional(&self.db)
             .await?
@@ -308,6 +310,7 @@ impl Journal {
             capacity_type: row.get("capacity_type"),
             config: json(id, row.get("config"))?,
             failed_reason: row.get("failed_reason"),
+            failed_digest: row.get("failed_digest"),
         })
     }
 
@@ -732,7 +735,7 @@ impl Journal {
         sample: Option<i64>,
     ) -> Result<Vec<PoolRecord>> {
         let rows = sqlx::query(
-            "SELECT pool_id, capacity_type, config::text AS config, failed_reason FROM pools
+            "SELECT pool_id, capacity_type, config::text AS config, failed_reason, failed_digest FROM pools
              WHERE capacity_type = $1
              ORDER BY CASE WHEN $2::bigint IS NULL THEN 0 ELSE random() END, pool_id
              LIMIT $2",
@@ -752,19 +755,33 @@ impl Journal {
                     config: json(&id, row.get("config"))?,
                     capacity_type: row.get("capacity_type"),
                     failed_reason: row.get("failed_reason"),
+                    failed_digest: row.get("failed_digest"),
                     id,
                 })
             })
             .collect()
     }
 
-    /// Marks a pool failed, with the reason, so that it refuses commands.
-    pub async fn mark_failed(&self, id: &PoolId, reason: &str) -> Result<()> {
-        sqlx::query("UPDATE pools SET failed_reason = $2 WHERE pool_id = $1")
+    /// Marks a pool failed under a plugin version, with the reason: that
+    /// version refuses it at once from then on.
+    pub async fn mark_failed(&self, id: &PoolId, reason: &str, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE pools SET failed_reason = $2, failed_digest = $3 WHERE pool_id = $1")
             .bind(id.as_str())
             .bind(reason)
+            .bind(digest)
             .execute(&self.db)
             .await?;
+        Ok(())
+    }
+
+    /// Clears a pool's failure, once a version has replayed it.
+    pub async fn clear_failed(&self, id: &PoolId) -> Result<()> {
+        sqlx::query(
+            "UPDATE pools SET failed_reason = NULL, failed_digest = NULL WHERE pool_id = $1",
+        )
+        .bind(id.as_str())
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 }
