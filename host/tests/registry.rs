@@ -350,6 +350,21 @@ async fn replay_check_guards_activation() {
             .clone();
         assert_eq!(last["plugin_digest"], before.as_str(), "{pool}");
     }
+    // The failed move leaves nothing behind: a good version activates.
+    let good = upload(
+        &operator,
+        another_build(component("allot-plugin-template"), "good"),
+        None,
+    )
+    .await;
+    let good = good.ok(201)["digest"].as_str().unwrap().to_owned();
+    let activated = operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": good }),
+        )
+        .await;
+    assert_eq!(activated.ok(200)["activation"]["digest"], good.as_str());
     node.stop().await;
 }
 

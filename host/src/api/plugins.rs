@@ -248,10 +248,7 @@ pub async fn rollback(
         .registry
         .rollback(&capacity_type, &caller.actor())
         .await?;
-    state
-        .registry
-        .apply(&state.runtime, &activation.digest)
-        .await?;
+    state.registry.sync(&state.runtime, &capacity_type).await?;
     Ok(axum::Json(activation))
 }
 

@@ -199,11 +199,11 @@ impl Runtime {
         wait(deadline, view).await
     }
 
-    /// Moves every live entity to its type's active version now, at its next
-    /// command boundary, and waits until `deadline`. Returns the pools that
+    /// Moves every live entity of the type to its active version now, at its
+    /// next command boundary, and waits until `deadline`. Returns the pools that
     /// could not move, with why (an entity that did not answer in time is
     /// one of them).
-    pub async fn swap_live(&self, deadline: Instant) -> Vec<(PoolId, String)> {
+    pub async fn swap_live(&self, capacity_type: &str, deadline: Instant) -> Vec<(PoolId, String)> {
         let pools: Vec<PoolId> = self
             .inner
             .entities
@@ -217,7 +217,7 @@ impl Runtime {
             // A full mailbox drains in well under the deadline; try again.
             let answer = loop {
                 let (reply, answer) = oneshot::channel();
-                match self.send(&pool, Envelope::Swap(reply)) {
+                match self.send(&pool, Envelope::Swap(capacity_type.to_owned(), reply)) {
                     Ok(()) => break Some(answer),
                     Err(Error::Overloaded(_)) if Instant::now() < deadline => {
                         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

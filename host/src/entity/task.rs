@@ -23,9 +23,9 @@ const REPLAY_PAGE: i64 = 5_000;
 pub(super) enum Envelope {
     Command(Request, oneshot::Sender<Result<Outcome>>),
     View(oneshot::Sender<Result<(SeqNr, View)>>),
-    /// Answered once the entity runs its type's active version, or with why
-    /// it cannot.
-    Swap(oneshot::Sender<Result<(), String>>),
+    /// For pools of this capacity type: answered once the entity runs the
+    /// type's active version, or with why it does not.
+    Swap(String, oneshot::Sender<Result<(), String>>),
 }
 
 /// A recovered pool: its live instance, where its history ends, and the
@@ -80,16 +80,27 @@ pub(super) async fn run(
         metrics().batch_size.observe(batch.len() as f64);
         // A command boundary: a newly activated version takes over here, so
         // the batch is decided by it and nothing decided is ever redone.
-        if let Ok(active) = runtime.plugin(&entity.capacity_type)
-            && active.digest() != entity.plugin.digest
-            && entity.refused.as_ref().map(|(d, _)| d.as_str()) != Some(active.digest())
-            && let Err(reason) = entity.swap(&runtime, &active).await
-        {
-            tracing::error!(
-                to = %active.digest(),
-                "the pool cannot move to the active plugin version and keeps its own: {reason}"
-            );
-            entity.refused = Some((active.digest().to_owned(), reason));
+        if let Ok(active) = runtime.plugin(&entity.capacity_type) {
+            if active.digest() == entity.plugin.digest {
+                entity.refused = None;
+            } else if entity.refused.as_ref().map(|(d, _)| d.as_str()) != Some(active.digest()) {
+                match entity.swap(&runtime, &active).await {
+                    Ok(()) => {}
+                    Err(error) if error.retryable => tracing::warn!(
+                        to = %active.digest(),
+                        "the pool could not move to the active plugin version yet: {}",
+                        error.reason
+                    ),
+                    Err(error) => {
+                        tracing::error!(
+                            to = %active.digest(),
+                            "the pool cannot move to the active plugin version and keeps its own: {}",
+                            error.reason
+                        );
+                        entity.refused = Some((active.digest().to_owned(), error.reason));
+                    }
+                }
+            }
         }
         entity.follow_shadow(&runtime).await;
         let outcome = entity.process(&runtime, batch).await;
@@ -134,7 +145,7 @@ async fn refuse_all(
                 Envelope::View(reply) => drop(reply.send(Err(same_error(&error)))),
                 // Not live, so nothing to move: it starts in the active
                 // version whenever it can start.
-                Envelope::Swap(reply) => drop(reply.send(Ok(()))),
+                Envelope::Swap(_, reply) => drop(reply.send(Ok(()))),
             }
         }
         if runtime.retire(pool, generation, &inbox) {
@@ -228,6 +239,11 @@ impl Entity {
                     ));
                 }
                 if let Err(error) = live.replay(&event.payload) {
+                    // A deadline can pass on a busy machine: that is no
+                    // reason to fail the pool, only this attempt.
+                    if error.is_retryable() {
+                        return Err(Error::Plugin(error));
+                    }
                     let reason = format!("event {} cannot be replayed: {error}", event.seq_nr);
                     journal.mark_failed(id, &reason, plugin.digest()).await?;
                     return Err(fail(id, reason));
@@ -312,13 +328,8 @@ impl Entity {
                     views.push(reply);
                     continue;
                 }
-                Envelope::Swap(reply) => {
-                    let _ = reply.send(match &self.refused {
-                        Some((digest, reason)) if *digest != self.plugin.digest => {
-                            Err(reason.clone())
-                        }
-                        _ => Ok(()),
-                    });
+                Envelope::Swap(capacity_type, reply) => {
+                    let _ = reply.send(self.moved(runtime, &capacity_type));
                     continue;
                 }
                 Envelope::Command(request, reply) => (request, reply),
@@ -434,8 +445,6 @@ impl Entity {
         for (reply, outcome) in answers {
             let _ = reply.send(Ok(outcome));
         }
-        // Only now, with everyone answered: the shadow costs no one time.
-        self.run_shadow(shadow_work);
         if !views.is_empty() {
             let view = self.live.view();
             for reply in views {
@@ -445,6 +454,8 @@ impl Entity {
                 });
             }
         }
+        // Only now, with everyone answered: the shadow costs no one time.
+        self.run_shadow(shadow_work);
         if (self.seq.0 - self.snapshot_seq.0) as u64 >= runtime.settings.snapshot_every {
             self.snapshot(runtime).await;
         }
@@ -454,7 +465,22 @@ impl Entity {
     /// Moves the pool to another plugin version: by a snapshot the new
     /// version accepts, else by replaying every event through it. On error
     /// nothing has changed.
-    async fn swap(&mut self, runtime: &Inner, plugin: &Arc<Plugin>) -> Result<(), String> {
+    /// Whether the pool runs its type's active version, if it is of this type.
+    fn moved(&self, runtime: &Inner, capacity_type: &str) -> Result<(), String> {
+        if *self.capacity_type != *capacity_type {
+            return Ok(());
+        }
+        match runtime.plugin(capacity_type) {
+            Ok(active) if active.digest() == self.plugin.digest => Ok(()),
+            Ok(active) => Err(match &self.refused {
+                Some((digest, reason)) if digest == active.digest() => reason.clone(),
+                _ => "it has not moved yet (a temporary error)".to_owned(),
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn swap(&mut self, runtime: &Inner, plugin: &Arc<Plugin>) -> Result<(), SwapError> {
         let started = std::time::Instant::now();
         let (live, how) = self.rebuilt_in(runtime, plugin).await?;
         tracing::info!(
@@ -482,7 +508,7 @@ impl Entity {
         &mut self,
         runtime: &Inner,
         plugin: &Arc<Plugin>,
-    ) -> Result<(LivePool, &'static str), String> {
+    ) -> Result<(LivePool, &'static str), SwapError> {
         let restored = match self.live.checkpoint() {
             Ok(snapshot) if snapshot.state_version == plugin.info().state_version => {
                 match LivePool::restore(plugin, self.id.as_str(), self.config.get(), snapshot) {
@@ -512,8 +538,11 @@ impl Entity {
             (Some(wanted), _) => {
                 let live = match self.rebuilt_in(runtime, &wanted.plugin).await {
                     Ok((live, _)) => Some(live),
-                    Err(reason) => {
-                        tracing::warn!("the shadowing version cannot follow this pool: {reason}");
+                    Err(error) => {
+                        tracing::warn!(
+                            "the shadowing version cannot follow this pool: {}",
+                            error.reason
+                        );
                         wanted.failed();
                         None
                     }
@@ -545,8 +574,12 @@ impl Entity {
                     &decision,
                 ),
                 Err(error) => {
+                    // A faulting shadow would cost this pool a rebuild per
+                    // command: it stops following the pool instead.
                     tracing::debug!("the shadowing version faulted: {error}");
                     following.shadow.failed();
+                    following.live = None;
+                    return;
                 }
             }
             for event in active.iter().flatten() {
@@ -557,6 +590,22 @@ impl Entity {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Why a pool could not move to another version.
+struct SwapError {
+    reason: String,
+    /// A database or deadline failure: the next command tries again.
+    retryable: bool,
+}
+
+impl SwapError {
+    fn permanent(reason: String) -> Self {
+        Self {
+            reason,
+            retryable: false,
         }
     }
 }
@@ -581,11 +630,20 @@ async fn replay_into(
     config: &Json,
     end: SeqNr,
     plugin: &Arc<Plugin>,
-) -> Result<LivePool, String> {
+) -> Result<LivePool, SwapError> {
     let mut live = match LivePool::create(plugin, id.as_str(), config.get()) {
         Ok(Ok(live)) => live,
-        Ok(Err(problem)) => return Err(format!("it refuses the pool's config: {problem}")),
-        Err(error) => return Err(format!("creating the pool failed: {error}")),
+        Ok(Err(problem)) => {
+            return Err(SwapError::permanent(format!(
+                "it refuses the pool's config: {problem}"
+            )));
+        }
+        Err(error) => {
+            return Err(SwapError {
+                retryable: error.is_retryable(),
+                reason: format!("creating the pool failed: {error}"),
+            });
+        }
     };
     let mut seq = SeqNr(0);
     loop {
@@ -593,19 +651,29 @@ async fn replay_into(
             .journal
             .events(id, seq, REPLAY_PAGE)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SwapError {
+                retryable: true,
+                reason: e.to_string(),
+            })?;
         if page.is_empty() {
             break;
         }
         for event in &page {
-            live.replay(&event.payload)
-                .map_err(|e| format!("event {} cannot be replayed: {e}", event.seq_nr))?;
+            live.replay(&event.payload).map_err(|e| SwapError {
+                retryable: e.is_retryable(),
+                reason: format!("event {} cannot be replayed: {e}", event.seq_nr),
+            })?;
             seq = event.seq_nr;
         }
     }
     if seq != end {
-        return Err(format!("the journal ends at {seq}, the pool at {end}"));
+        return Err(SwapError {
+            retryable: true,
+            reason: format!("the journal ends at {seq}, the pool at {end}"),
+        });
     }
+    // The events were only needed to get here.
+    let _ = live.checkpoint();
     Ok(live)
 }
 
@@ -620,8 +688,9 @@ impl Entity {
             live: Some(shadow), ..
         }) = &mut self.shadow
             && shadow.checkpoint().is_err()
+            && let Some(following) = self.shadow.take()
         {
-            self.shadow = None;
+            following.shadow.failed();
         }
         match self.live.checkpoint() {
             Ok(snapshot) => match runtime

@@ -269,9 +269,10 @@ impl Node {
         for path in &config.plugins {
             seed(&registry, path, config.activate_plugins).await?;
         }
+        // Listening first: an activation made meanwhile is not missed.
+        let follower = registry.follow(runtime.clone()).await?;
         let types = registry.apply_active(&runtime).await?;
         tracing::info!(capacity_types = types, "active plugin versions loaded");
-        let follower = registry.follow(runtime.clone()).await?;
         let read_model = ReadModel::start(journal.db().clone(), view::Settings::default()).await?;
         let state = AppState {
             runtime,

@@ -18,6 +18,9 @@ use crate::sandbox::{LivePool, Plugin, View};
 /// Events read per query.
 const PAGE: i64 = 5_000;
 
+/// Pools listed by name per kind of finding; the rest are counted.
+const LISTED: usize = 100;
+
 /// What a replay check found.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Report {
@@ -31,9 +34,13 @@ pub struct Report {
     pub pools: usize,
     /// Events replayed into the candidate.
     pub events: u64,
-    /// Pools the candidate cannot rebuild, and why.
+    /// How many pools the candidate cannot rebuild.
+    pub failed: usize,
+    /// The first of them, and why.
     pub failures: Vec<PoolFailure>,
-    /// Pools the candidate rebuilds into another view than the active version.
+    /// How many pools the candidate rebuilds into another view.
+    pub differing: usize,
+    /// The first of them.
     pub differences: Vec<PoolDifference>,
     /// How long the check took.
     pub took_ms: u64,
@@ -42,7 +49,7 @@ pub struct Report {
 impl Report {
     /// Whether the candidate rebuilt every pool checked.
     pub fn can_replay(&self) -> bool {
-        self.failures.is_empty()
+        self.failed == 0
     }
 
     /// The first failures, for an error message.
@@ -53,8 +60,8 @@ impl Report {
             .take(3)
             .map(|f| format!("pool `{}`: {}", f.pool, f.reason))
             .collect();
-        if self.failures.len() > 3 {
-            text.push(format!("and {} more", self.failures.len() - 3));
+        if self.failed > 3 {
+            text.push(format!("and {} more", self.failed - 3));
         }
         text.join("; ")
     }
@@ -92,7 +99,10 @@ pub async fn replay_check(
     let active = runtime.plugin(&capacity_type).ok();
     let pools = runtime
         .journal()
-        .pools_of_type(&capacity_type, sample.map(|n| n as i64))
+        .pools_of_type(
+            &capacity_type,
+            sample.map(|n| n.min(i64::MAX as usize) as i64),
+        )
         .await
         .map_err(Error::Journal)?;
     let mut report = Report {
@@ -101,7 +111,9 @@ pub async fn replay_check(
         active: active.as_ref().map(|p| p.digest().to_owned()),
         pools: pools.len(),
         events: 0,
+        failed: 0,
         failures: Vec::new(),
+        differing: 0,
         differences: Vec::new(),
         took_ms: 0,
     };
@@ -117,14 +129,22 @@ pub async fn replay_check(
         {
             Ok((candidate_view, Some(active_view))) => {
                 if let Some(difference) = compare(pool, &candidate_view, &active_view) {
-                    report.differences.push(difference);
+                    report.differing += 1;
+                    if report.differences.len() < LISTED {
+                        report.differences.push(difference);
+                    }
                 }
             }
             Ok((_, None)) => {}
-            Err(reason) => report.failures.push(PoolFailure {
-                pool: pool.id.to_string(),
-                reason,
-            }),
+            Err(reason) => {
+                report.failed += 1;
+                if report.failures.len() < LISTED {
+                    report.failures.push(PoolFailure {
+                        pool: pool.id.to_string(),
+                        reason,
+                    });
+                }
+            }
         }
         // A check over many pools must not hold a worker for its whole length.
         tokio::task::yield_now().await;
@@ -175,6 +195,15 @@ async fn rebuild(
             }
             *events += 1;
             seq = event.seq_nr;
+        }
+        // Each page's events are only needed to get here: let both drop them.
+        if new.checkpoint().is_err() {
+            return Ok(Err(format!("its snapshot after event {seq} failed")));
+        }
+        if let Some(live) = &mut old
+            && live.checkpoint().is_err()
+        {
+            old = None;
         }
     }
     let new_view = match new.view() {

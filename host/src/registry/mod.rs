@@ -126,6 +126,8 @@ pub struct Registry {
     engine: Engine,
     /// Compiled components by digest: compiling takes hundreds of ms.
     compiled: Arc<Mutex<HashMap<String, Arc<Plugin>>>>,
+    /// Held while making the runtime match the active versions.
+    syncing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -135,6 +137,7 @@ impl Registry {
             db,
             engine,
             compiled: Arc::default(),
+            syncing: Arc::default(),
         }
     }
 
@@ -236,28 +239,35 @@ impl Registry {
         if !report.can_replay() && !force {
             return Err(Error::ReplayCheckFailed(Box::new(report)));
         }
+        // What to restore if a live pool cannot move.
+        let previous = self.active().await?.remove(capacity_type);
         let activation = self.activate(capacity_type, digest, activated_by).await?;
-        self.apply(runtime, digest).await?;
+        self.sync(runtime, capacity_type).await?;
         // Every live pool moves now, so that a pool that cannot is known
         // before anyone is told the version is active.
         let deadline = tokio::time::Instant::now() + SWAP_DEADLINE;
-        let failed = runtime.swap_live(deadline).await;
-        if let Some((pool, reason)) = failed.into_iter().next() {
-            let restored = self.rollback(capacity_type, "system").await?;
-            self.apply(runtime, &restored.digest).await?;
-            let unrestored = runtime
-                .swap_live(tokio::time::Instant::now() + SWAP_DEADLINE)
-                .await;
-            for (pool, reason) in unrestored {
-                tracing::error!(%pool, "pool could not move back after a failed activation: {reason}");
+        let failed = runtime.swap_live(capacity_type, deadline).await;
+        let Some((pool, reason)) = failed.into_iter().next() else {
+            return Ok((activation, report));
+        };
+        let restored = match previous.filter(|p| p != digest) {
+            Some(previous) => {
+                self.record(capacity_type, &previous, "system", "rollback")
+                    .await?;
+                self.sync(runtime, capacity_type).await?;
+                let deadline = tokio::time::Instant::now() + SWAP_DEADLINE;
+                for (pool, reason) in runtime.swap_live(capacity_type, deadline).await {
+                    tracing::error!(%pool, "pool could not move back after a failed activation: {reason}");
+                }
+                previous
             }
-            return Err(Error::SwapFailed {
-                pool: pool.to_string(),
-                reason,
-                restored: restored.digest,
-            });
-        }
-        Ok((activation, report))
+            None => "nothing (the type had no other active version)".to_owned(),
+        };
+        Err(Error::SwapFailed {
+            pool: pool.to_string(),
+            reason,
+            restored,
+        })
     }
 
     /// Makes active again the version that was active before the current
@@ -356,7 +366,7 @@ impl Registry {
         let engine = self.engine.clone();
         let plugin = tokio::task::spawn_blocking(move || Plugin::load(&engine, &bytes))
             .await
-            .expect("compiling a plugin does not panic")
+            .map_err(|e| Error::Invalid(sandbox::Error::Start(format!("compiling failed: {e}"))))?
             .map_err(Error::Invalid)?;
         self.compiled
             .lock()
@@ -367,16 +377,27 @@ impl Registry {
 
     /// Makes the runtime run every active version; returns how many types.
     pub async fn apply_active(&self, runtime: &Runtime) -> Result<usize> {
+        // Under the lock, reading what is active and loading it happen
+        // together: two syncs cannot finish in the wrong order.
+        let _syncing = self.syncing.lock().await;
         let active = self.active().await?;
         for digest in active.values() {
-            self.apply(runtime, digest).await?;
+            self.run(runtime, digest).await?;
         }
         Ok(active.len())
     }
 
-    /// Makes the runtime run this version for its capacity type; live pools
-    /// move to it at their next command.
-    pub async fn apply(&self, runtime: &Runtime, digest: &str) -> Result<()> {
+    /// Makes the runtime run the type's active version, as the database has
+    /// it now; live pools move to it at their next command.
+    pub async fn sync(&self, runtime: &Runtime, capacity_type: &str) -> Result<()> {
+        let _syncing = self.syncing.lock().await;
+        if let Some(digest) = self.active().await?.get(capacity_type) {
+            self.run(runtime, digest).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, runtime: &Runtime, digest: &str) -> Result<()> {
         let plugin = self.load(digest).await?;
         let current = runtime.plugin(&plugin.info().capacity_type).ok();
         if current.is_none_or(|c| c.digest() != plugin.digest()) {
