@@ -621,3 +621,55 @@ async fn a_forced_version_fails_pools_only_until_rolled_back() {
         .ok(201);
     node.stop().await;
 }
+
+/// Concurrent activations and rollbacks of a type take turns and all finish; the lock is released after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_activations_take_turns() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let mut digests = Vec::new();
+    for tag in ["x", "y"] {
+        let reply = upload(
+            &operator,
+            another_build(component("allot-plugin-template"), tag),
+            None,
+        )
+        .await;
+        digests.push(reply.ok(201)["digest"].as_str().unwrap().to_owned());
+    }
+    let calls = (0..8).map(|i| {
+        let operator = &operator;
+        let digest = digests[i % 2].clone();
+        async move {
+            if i % 4 == 3 {
+                operator
+                    .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+                    .await
+            } else {
+                operator
+                    .post(
+                        "/v1/capacity-types/quota/activate",
+                        json!({ "digest": digest }),
+                    )
+                    .await
+            }
+        }
+    });
+    let replies = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+        .await
+        .expect("activations do not wait on each other forever");
+    for reply in &replies {
+        reply.ok(200);
+    }
+    // Nothing is left holding the lock.
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": digests[0] }),
+        )
+        .await
+        .ok(200);
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_eq!(active(versions.ok(200), "quota"), digests[0]);
+    node.stop().await;
+}

@@ -228,6 +228,22 @@ impl Registry {
         activated_by: &str,
         force: bool,
     ) -> Result<(Activation, Report)> {
+        let lock = TypeLock::take(&self.db, capacity_type).await?;
+        let result = self
+            .activate_checked_locked(runtime, capacity_type, digest, activated_by, force)
+            .await;
+        lock.release().await;
+        result
+    }
+
+    async fn activate_checked_locked(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        digest: &str,
+        activated_by: &str,
+        force: bool,
+    ) -> Result<(Activation, Report)> {
         let candidate = self.load(digest).await?;
         if candidate.info().capacity_type != capacity_type {
             return Err(Error::WrongType {
@@ -273,6 +289,13 @@ impl Registry {
     /// Makes active again the version that was active before the current
     /// one. Rolling back twice returns to where it started.
     pub async fn rollback(&self, capacity_type: &str, activated_by: &str) -> Result<Activation> {
+        let lock = TypeLock::take(&self.db, capacity_type).await?;
+        let result = self.rollback_locked(capacity_type, activated_by).await;
+        lock.release().await;
+        result
+    }
+
+    async fn rollback_locked(&self, capacity_type: &str, activated_by: &str) -> Result<Activation> {
         let digests: Vec<String> = sqlx::query_scalar(
             "SELECT digest FROM plugin_activations WHERE capacity_type = $1 ORDER BY id DESC",
         )
@@ -428,6 +451,40 @@ impl Registry {
                 }
             }
         }))
+    }
+}
+
+/// The cluster-wide lock on changing a capacity type's active version: a
+/// PostgreSQL advisory lock, held on one connection. Two operators'
+/// activations and rollbacks of a type take turns, so each restores what
+/// was really active before it. A node that dies releases it with its
+/// connection.
+struct TypeLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    key: String,
+}
+
+impl TypeLock {
+    async fn take(db: &PgPool, capacity_type: &str) -> Result<Self> {
+        let mut conn = db.acquire().await?;
+        let key = format!("allot:activation:{capacity_type}");
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(Self { conn, key })
+    }
+
+    async fn release(mut self) {
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&self.key)
+            .execute(&mut *self.conn)
+            .await;
+        if unlocked.is_err() {
+            // The lock must not go back to the pool with the connection:
+            // closing the connection releases it.
+            drop(self.conn.detach());
+        }
     }
 }
 
