@@ -172,13 +172,7 @@ pub async fn release(
     meta: Meta,
     Path(path): Path<ReservationPath>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    caller.require(ANYONE)?;
-    let pool = pool_id(&path.pool)?;
-    let command = Command::Release {
-        id: client_id(&path.reservation)?,
-    };
-    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
-    Ok(axum::Json(decided(pool, outcome)?))
+    on_reservation(&state, &caller, meta, &path, |id| Command::Release { id }).await
 }
 
 /// Confirm a hold, for capacity types that hold before they book.
@@ -208,12 +202,21 @@ pub async fn confirm(
     meta: Meta,
     Path(path): Path<ReservationPath>,
 ) -> Result<axum::Json<Decided>, ApiError> {
+    on_reservation(&state, &caller, meta, &path, |id| Command::Confirm { id }).await
+}
+
+/// Runs a command on an existing reservation, named by the path.
+async fn on_reservation(
+    state: &AppState,
+    caller: &Caller,
+    meta: Meta,
+    path: &ReservationPath,
+    command: fn(String) -> Command,
+) -> Result<axum::Json<Decided>, ApiError> {
     caller.require(ANYONE)?;
     let pool = pool_id(&path.pool)?;
-    let command = Command::Confirm {
-        id: client_id(&path.reservation)?,
-    };
-    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
+    let command = command(client_id(&path.reservation)?);
+    let outcome = run(state, caller, meta, &pool, command, None).await?;
     Ok(axum::Json(decided(pool, outcome)?))
 }
 

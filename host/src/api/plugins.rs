@@ -205,14 +205,10 @@ pub async fn check(
     Body(body): Body<CheckBody>,
 ) -> Result<axum::Json<Report>, ApiError> {
     caller.require(OPERATING)?;
-    let candidate = state.registry.load(&body.digest).await?;
-    if candidate.info().capacity_type != capacity_type {
-        return Err(crate::registry::Error::WrongType {
-            expected: capacity_type,
-            found: candidate.info().capacity_type.clone(),
-        }
-        .into());
-    }
+    let candidate = state
+        .registry
+        .candidate(&capacity_type, &body.digest)
+        .await?;
     if body.sample == Some(0) {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -289,14 +285,10 @@ pub async fn start_shadow(
     Body(body): Body<ShadowBody>,
 ) -> Result<axum::Json<ShadowReport>, ApiError> {
     caller.require(OPERATING)?;
-    let candidate = state.registry.load(&body.digest).await?;
-    if candidate.info().capacity_type != capacity_type {
-        return Err(crate::registry::Error::WrongType {
-            expected: capacity_type,
-            found: candidate.info().capacity_type.clone(),
-        }
-        .into());
-    }
+    let candidate = state
+        .registry
+        .candidate(&capacity_type, &body.digest)
+        .await?;
     Ok(axum::Json(state.runtime.start_shadow(candidate)))
 }
 

@@ -151,16 +151,21 @@ impl Client {
 
     /// Uploads bytes as `application/wasm`.
     pub(super) async fn upload(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.remote.url.trim_end_matches('/'));
-        let mut request = self
-            .http
-            .post(&url)
+        let request = self
+            .request(Method::POST, path)
             .header("content-type", "application/wasm")
             .body(bytes);
-        if let Some(token) = &self.remote.token {
-            request = request.bearer_auth(token);
-        }
         self.answer(request).await
+    }
+
+    /// A request to the node, with the token if there is one.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.remote.url.trim_end_matches('/'));
+        let request = self.http.request(method, url);
+        match &self.remote.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub(super) async fn call(
@@ -170,11 +175,7 @@ impl Client {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.remote.url.trim_end_matches('/'));
-        let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.remote.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -139,20 +139,14 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let path = match capacity_type {
-                Some(t) => format!("/v1/plugins?capacity_type={}", segment(&t)),
-                None => "/v1/plugins".to_owned(),
-            };
+            let path = plugins_path(capacity_type.as_deref());
             print(Client::new(remote).upload(&path, bytes).await?)
         }
         PluginsCommand::Versions {
             capacity_type,
             remote,
         } => {
-            let path = match capacity_type {
-                Some(t) => format!("/v1/plugins?capacity_type={}", segment(&t)),
-                None => "/v1/plugins".to_owned(),
-            };
+            let path = plugins_path(capacity_type.as_deref());
             print(
                 Client::new(remote)
                     .call(Method::GET, &path, None, &[])
@@ -165,7 +159,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             sample,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/check", segment(&capacity_type));
+            let path = type_path(&capacity_type, "check");
             let body = serde_json::json!({ "digest": digest, "sample": sample });
             print(
                 Client::new(remote)
@@ -179,7 +173,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             force,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/activate", segment(&capacity_type));
+            let path = type_path(&capacity_type, "activate");
             let body = serde_json::json!({ "digest": digest, "force": force });
             print(
                 Client::new(remote)
@@ -192,7 +186,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             digest,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            let path = type_path(&capacity_type, "shadow");
             let body = serde_json::json!({ "digest": digest });
             print(
                 Client::new(remote)
@@ -204,7 +198,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             capacity_type,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            let path = type_path(&capacity_type, "shadow");
             print(
                 Client::new(remote)
                     .call(Method::GET, &path, None, &[])
@@ -215,7 +209,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             capacity_type,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/shadow", segment(&capacity_type));
+            let path = type_path(&capacity_type, "shadow");
             print(
                 Client::new(remote)
                     .call(Method::DELETE, &path, None, &[])
@@ -226,7 +220,7 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
             capacity_type,
             remote,
         } => {
-            let path = format!("/v1/capacity-types/{}/rollback", segment(&capacity_type));
+            let path = type_path(&capacity_type, "rollback");
             print(
                 Client::new(remote)
                     .call(Method::POST, &path, None, &[])
@@ -281,4 +275,17 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<bool> {
         }
     }
     Ok(all_loaded)
+}
+
+/// `/v1/capacity-types/{type}/{action}`.
+fn type_path(capacity_type: &str, action: &str) -> String {
+    format!("/v1/capacity-types/{}/{action}", segment(capacity_type))
+}
+
+/// `/v1/plugins`, of one capacity type or all.
+fn plugins_path(capacity_type: Option<&str>) -> String {
+    match capacity_type {
+        Some(t) => format!("/v1/plugins?capacity_type={}", segment(t)),
+        None => "/v1/plugins".to_owned(),
+    }
 }

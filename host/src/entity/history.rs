@@ -3,14 +3,12 @@
 
 use time::OffsetDateTime;
 
+use super::replay::{ReplayError, replay};
 use super::runtime::Runtime;
 use super::{Error, Result};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal;
 use crate::sandbox::{LivePool, View};
-
-/// Events read per query while rebuilding.
-const PAGE: i64 = 5_000;
 
 /// A point in a pool's history.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +49,7 @@ impl Runtime {
         {
             start = Some((live, stored.seq_nr));
         }
-        let (mut live, mut seq) = match start {
+        let (mut live, seq) = match start {
             Some(start) => start,
             None => {
                 let live = LivePool::create(&plugin, id.as_str(), config)?
@@ -59,20 +57,13 @@ impl Runtime {
                 (live, SeqNr(0))
             }
         };
-        while seq < target {
-            let page = journal.events(id, seq, PAGE.min(target.0 - seq.0)).await?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                live.replay(&event.payload).map_err(|e| {
-                    failed(format!("event {} cannot be replayed: {e}", event.seq_nr))
+        let seq =
+            replay(journal, id, &mut live, seq, target)
+                .await
+                .map_err(|error| match error {
+                    ReplayError::Journal(error) => Error::Journal(error),
+                    error => failed(error.to_string()),
                 })?;
-                seq = event.seq_nr;
-            }
-            // Rebuilding a long history must not hold a worker for its whole length.
-            tokio::task::yield_now().await;
-        }
         Ok((seq, live.view()?))
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
+use super::replay::{ReplayError, replay};
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
 use prometheus_client::metrics::histogram::Histogram;
@@ -16,9 +17,6 @@ use crate::ids::{PoolId, SeqNr};
 use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
 use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
-
-/// Events read from the journal per query while recovering.
-const REPLAY_PAGE: i64 = 5_000;
 
 pub(super) enum Envelope {
     Command(Request, oneshot::Sender<Result<Outcome>>),
@@ -226,32 +224,21 @@ impl Entity {
                 (live, SeqNr(0))
             }
         };
-        let mut seq = snapshot_seq;
-        loop {
-            let page = journal.events(id, seq, REPLAY_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            let last = last.seq_nr;
-            for event in &page {
-                if event.seq_nr != seq.after(1) {
-                    return Err(fail(
-                        id,
-                        format!("the journal skips from seq {seq} to {}", event.seq_nr),
-                    ));
-                }
-                if let Err(error) = live.replay(&event.payload) {
-                    // A deadline can pass on a busy machine: that is no
-                    // reason to fail the pool, only this attempt.
-                    if error.is_retryable() {
-                        return Err(Error::Plugin(error));
-                    }
-                    let reason = format!("event {} cannot be replayed: {error}", event.seq_nr);
-                    journal.mark_failed(id, &reason, plugin.digest()).await?;
-                    return Err(fail(id, reason));
-                }
-                seq = event.seq_nr;
+        let seq = match replay(journal, id, &mut live, snapshot_seq, SeqNr(i64::MAX)).await {
+            Ok(seq) => seq,
+            Err(ReplayError::Journal(error)) => return Err(Error::Journal(error)),
+            // A deadline can pass on a busy machine: that is no reason to
+            // fail the pool, only this attempt.
+            Err(ReplayError::Event { error, .. }) if error.is_retryable() => {
+                return Err(Error::Plugin(error));
             }
-            debug_assert_eq!(seq, last);
-        }
+            Err(error @ ReplayError::Gap { .. }) => return Err(fail(id, error.to_string())),
+            Err(error) => {
+                let reason = error.to_string();
+                journal.mark_failed(id, &reason, plugin.digest()).await?;
+                return Err(fail(id, reason));
+            }
+        };
         let outcomes = journal
             .command_outcomes(id)
             .await?
@@ -645,32 +632,20 @@ async fn replay_into(
             });
         }
     };
-    let mut seq = SeqNr(0);
-    loop {
-        let page = runtime
-            .journal
-            .events(id, seq, REPLAY_PAGE)
-            .await
-            .map_err(|e| SwapError {
+    match replay(&runtime.journal, id, &mut live, SeqNr(0), end).await {
+        Ok(seq) if seq == end => {}
+        Ok(seq) => {
+            return Err(SwapError {
                 retryable: true,
-                reason: e.to_string(),
-            })?;
-        if page.is_empty() {
-            break;
+                reason: format!("the journal ends at {seq}, the pool at {end}"),
+            });
         }
-        for event in &page {
-            live.replay(&event.payload).map_err(|e| SwapError {
-                retryable: e.is_retryable(),
-                reason: format!("event {} cannot be replayed: {e}", event.seq_nr),
-            })?;
-            seq = event.seq_nr;
+        Err(error) => {
+            return Err(SwapError {
+                retryable: error.is_retryable(),
+                reason: error.to_string(),
+            });
         }
-    }
-    if seq != end {
-        return Err(SwapError {
-            retryable: true,
-            reason: format!("the journal ends at {seq}, the pool at {end}"),
-        });
     }
     // The events were only needed to get here.
     let _ = live.checkpoint();

@@ -600,22 +600,8 @@ impl Journal {
         id: &PoolId,
         state_version: u32,
     ) -> Result<Option<StoredSnapshot>> {
-        let row = sqlx::query(
-            "SELECT seq_nr, state, plugin_digest FROM snapshots
-             WHERE pool_id = $1 AND state_version = $2 ORDER BY seq_nr DESC LIMIT 1",
-        )
-        .bind(id.as_str())
-        .bind(state_version as i32)
-        .fetch_optional(&self.db)
-        .await?;
-        Ok(row.map(|row| StoredSnapshot {
-            seq_nr: SeqNr(row.get("seq_nr")),
-            snapshot: Snapshot {
-                state_version,
-                bytes: row.get("state"),
-            },
-            plugin_digest: row.get("plugin_digest"),
-        }))
+        self.snapshot_before(id, state_version, SeqNr(i64::MAX))
+            .await
     }
 
     /// Events after `after`, at most `limit`, with who sent them and which

@@ -181,6 +181,21 @@ impl Registry {
 
     /// The stored versions, newest first; of one capacity type, or all.
     pub async fn versions(&self, capacity_type: Option<&str>) -> Result<Vec<Version>> {
+        self.select(capacity_type, None).await
+    }
+
+    async fn version(&self, digest: &str) -> Result<Version> {
+        self.select(None, Some(digest))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::UnknownVersion(digest.to_owned()))
+    }
+
+    async fn select(
+        &self,
+        capacity_type: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<Vec<Version>> {
         let rows = sqlx::query(
             "SELECT p.digest, p.capacity_type, p.name, p.version, p.contract, p.state_version,
                     octet_length(p.component)::bigint AS size_bytes, p.uploaded_by, p.uploaded_at,
@@ -188,21 +203,14 @@ impl Registry {
              FROM plugins p
              LEFT JOIN LATERAL (SELECT digest FROM plugin_activations
                                 WHERE capacity_type = p.capacity_type ORDER BY id DESC LIMIT 1) a ON true
-             WHERE $1::text IS NULL OR p.capacity_type = $1
+             WHERE ($1::text IS NULL OR p.capacity_type = $1) AND ($2::text IS NULL OR p.digest = $2)
              ORDER BY p.capacity_type, p.uploaded_at DESC, p.digest",
         )
         .bind(capacity_type)
+        .bind(digest)
         .fetch_all(&self.db)
         .await?;
         Ok(rows.iter().map(version).collect())
-    }
-
-    async fn version(&self, digest: &str) -> Result<Version> {
-        self.versions(None)
-            .await?
-            .into_iter()
-            .find(|v| v.digest == digest)
-            .ok_or_else(|| Error::UnknownVersion(digest.to_owned()))
     }
 
     /// Makes a stored version the active one of its capacity type.
@@ -244,13 +252,7 @@ impl Registry {
         activated_by: &str,
         force: bool,
     ) -> Result<(Activation, Report)> {
-        let candidate = self.load(digest).await?;
-        if candidate.info().capacity_type != capacity_type {
-            return Err(Error::WrongType {
-                expected: capacity_type.to_owned(),
-                found: candidate.info().capacity_type.clone(),
-            });
-        }
+        let candidate = self.candidate(capacity_type, digest).await?;
         let report = replay_check(runtime, &candidate, None).await?;
         if !report.can_replay() && !force {
             return Err(Error::ReplayCheckFailed(Box::new(report)));
@@ -368,6 +370,18 @@ impl Registry {
         .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().collect())
+    }
+
+    /// A stored version that must implement `capacity_type`, compiled.
+    pub async fn candidate(&self, capacity_type: &str, digest: &str) -> Result<Arc<Plugin>> {
+        let plugin = self.load(digest).await?;
+        if plugin.info().capacity_type != capacity_type {
+            return Err(Error::WrongType {
+                expected: capacity_type.to_owned(),
+                found: plugin.info().capacity_type.clone(),
+            });
+        }
+        Ok(plugin)
     }
 
     /// A stored version, compiled (once per node).
