@@ -637,6 +637,15 @@ async fn concurrent_activations_take_turns() {
         .await;
         digests.push(reply.ok(201)["digest"].as_str().unwrap().to_owned());
     }
+    // Two versions in the history before the race, so that every rollback
+    // in it has one to go back to whichever call goes first.
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": digests[1] }),
+        )
+        .await
+        .ok(200);
     let calls = (0..8).map(|i| {
         let operator = &operator;
         let digest = digests[i % 2].clone();
