@@ -21,6 +21,11 @@
 //! * [`metrics`] holds the Prometheus metrics the stages record.
 //! * [`pg`] starts a private PostgreSQL from the machine's binaries when no
 //!   database URL is configured.
+//! * [`baseline`] serves the classical design (a counter row per pool,
+//!   a conditional update per request) in the API's shape, for `allot bench`.
+//! * [`bench`] is `allot bench`: open-loop load over HTTP against Allot and
+//!   the baseline side by side, with a comparison table and a final check
+//!   that nothing was overbooked or lost.
 //! * [`cli`] is the `allot` command line: `serve`, `dev`, plugins, and a
 //!   client of the API for pools, reservations and the grid.
 //! * [`dev`] builds the workspace's plugin crates into components, for local
@@ -29,6 +34,8 @@
 //!   shards) and sequence numbers.
 
 pub mod api;
+pub mod baseline;
+pub mod bench;
 pub mod cli;
 pub mod dev;
 pub mod entity;

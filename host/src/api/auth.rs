@@ -6,15 +6,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
-use super::AppState;
 use crate::sandbox::Role;
 
 /// A configured token.
@@ -176,10 +176,14 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Tokens>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -193,8 +197,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
             })?;
-        state
-            .tokens
+        Arc::<Tokens>::from_ref(state)
             .caller(token)
             .cloned()
             .ok_or_else(|| ApiError::unauthenticated("the token is not known to this node"))

@@ -67,19 +67,33 @@ impl From<&Cell> for CellOut {
 #[into_params(parameter_in = Query)]
 pub struct GridQuery {
     /// Only pools of this capacity type.
-    capacity_type: Option<String>,
+    pub(crate) capacity_type: Option<String>,
     /// Only pools whose id starts with this.
-    prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Only cells that end after this time (RFC 3339, or ms since the epoch).
-    from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Only cells that start before this time (RFC 3339, or ms since the epoch).
-    to: Option<String>,
+    pub(crate) to: Option<String>,
     /// At most this many pools (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// The `next` of the previous page.
     #[param(pattern = "^[A-Za-z0-9._:/-]{1,128}$")]
-    after: Option<String>,
+    pub(crate) after: Option<String>,
+}
+
+impl GridQuery {
+    /// The page size asked for, checked.
+    pub(crate) fn page_size(&self) -> Result<usize, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`limit` must be 1 to {MAX_PAGE}"),
+            ));
+        }
+        Ok(limit)
+    }
 }
 
 /// One pool of the grid.
@@ -141,13 +155,7 @@ pub async fn grid(
     Query(query): Query<GridQuery>,
 ) -> Result<axum::Json<Grid>, ApiError> {
     caller.require(ANYONE)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("`limit` must be 1 to {MAX_PAGE}"),
-        ));
-    }
+    let limit = query.page_size()?;
     let filter = Filter {
         capacity_type: query.capacity_type,
         prefix: query.prefix,
@@ -186,7 +194,7 @@ pub async fn grid(
 }
 
 /// A time given as RFC 3339 or as ms since the epoch.
-fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
+pub(crate) fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }

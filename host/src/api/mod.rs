@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{
+    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, MatchedPath, Request,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -31,6 +33,12 @@ use tracing::Instrument;
 pub use auth::{Caller, TokenConfig, TokenError, Tokens};
 pub use error::{ApiError, ProblemBody};
 pub use openapi::document;
+
+// The baseline server answers in the same shapes.
+pub(crate) use auth::{ANYONE, PLANNING};
+pub(crate) use checkout::{Decided, ReserveBody};
+pub(crate) use grid::{CellOut, Grid, GridPool, GridQuery, ReadModelStatus, time_ms};
+pub(crate) use pools::{CreatePool, Created};
 
 use crate::entity::Runtime;
 use crate::ids::PoolId;
@@ -67,6 +75,12 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The plugin registry.
     pub registry: crate::registry::Registry,
+}
+
+impl FromRef<AppState> for Arc<Tokens> {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
 }
 
 /// The API's routes over this state.
@@ -135,7 +149,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Gives every request an id and records its latency by route template.
-async fn observe(mut request: Request, next: Next) -> Response {
+pub(crate) async fn observe(mut request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let id = request
         .headers()
@@ -299,12 +313,12 @@ where
 }
 
 /// Checks a pool id from a path.
-fn pool_id(id: &str) -> Result<PoolId, ApiError> {
+pub(crate) fn pool_id(id: &str) -> Result<PoolId, ApiError> {
     Ok(PoolId::new(id)?)
 }
 
 /// Checks a reservation id or idempotency key: the same rules as pool ids.
-fn client_id(id: &str) -> Result<String, ApiError> {
+pub(crate) fn client_id(id: &str) -> Result<String, ApiError> {
     PoolId::new(id)?;
     Ok(id.to_owned())
 }

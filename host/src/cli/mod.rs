@@ -25,6 +25,11 @@ enum Subcommands {
         /// The node's TOML config.
         #[arg(short, long, env = "ALLOT_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve the classical design instead, for comparison: a counter
+        /// row per pool in PostgreSQL and a conditional update per request
+        /// (pools of the `quota` type only; see `allot bench`).
+        #[arg(long)]
+        baseline: bool,
     },
     /// Run a local setup: build the plugins, start an embedded PostgreSQL and
     /// a node, load the bundled capacity types, create example pools.
@@ -47,6 +52,9 @@ enum Subcommands {
     Reservation(client::ReservationArgs),
     /// Show the capacity grid as a table.
     Grid(client::GridArgs),
+    /// Measure Allot against the classical design (a counter row per pool
+    /// in PostgreSQL) over HTTP, side by side, with open-loop load.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the API is and who is calling: for the commands that talk to a node.
@@ -76,7 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
 
 async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
     match command {
-        Subcommands::Serve { config } => serve(config).await,
+        Subcommands::Serve { config, baseline } => serve(config, baseline).await,
         Subcommands::Dev(args) => dev::run(args).await,
         Subcommands::Plugins(command) => plugins::remote(command).await,
         Subcommands::Pools(command) => client::pools(command).await,
@@ -86,15 +94,20 @@ async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
         Subcommands::Confirm(args) => client::reservation_verb("confirm", args).await,
         Subcommands::Reservation(args) => client::reservation(args).await,
         Subcommands::Grid(args) => client::grid(args).await,
+        Subcommands::Bench(args) => crate::bench::run(args).await,
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<bool> {
+async fn serve(config: Option<PathBuf>, baseline: bool) -> anyhow::Result<bool> {
     let config = match config {
         Some(path) => crate::node::Config::load(&path)?,
         None => crate::node::Config::default(),
     }
     .with_env()?;
+    if baseline {
+        crate::baseline::serve(config, shutdown_signal()).await?;
+        return Ok(true);
+    }
     let node = crate::node::Node::start(config).await?;
     eprintln!("allot is serving on {}", node.url());
     shutdown_signal().await;

@@ -21,7 +21,7 @@ use crate::journal;
 use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
 pub use history::Point;
-pub use runtime::{Runtime, Settings};
+pub use runtime::{Runtime, Settings, ViewSink};
 pub use shadow::{Disagreement, ShadowReport};
 
 /// A command for a pool, with what the host needs to run it.

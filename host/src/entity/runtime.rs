@@ -69,7 +69,13 @@ pub(super) struct Inner {
     entities: Mutex<HashMap<PoolId, Handle>>,
     generations: AtomicU64,
     shutting_down: AtomicBool,
+    /// Where entities send the views they have just appended.
+    pub(super) view_sink: std::sync::OnceLock<ViewSink>,
 }
+
+/// Takes each view an entity has appended: the pool, its capacity type, the
+/// seq the view is as of, and the view.
+pub type ViewSink = Arc<dyn Fn(&PoolId, &str, SeqNr, View) + Send + Sync>;
 
 struct Handle {
     generation: u64,
@@ -91,8 +97,15 @@ impl Runtime {
                 entities: Mutex::default(),
                 generations: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
+                view_sink: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sends every view entities append to `sink` as well (the node's read
+    /// model, which then need not read its own writes back). Set once.
+    pub fn publish_views_to(&self, sink: ViewSink) {
+        let _ = self.inner.view_sink.set(sink);
     }
 
     /// The journal.

@@ -389,9 +389,7 @@ impl Entity {
                 None
             } else {
                 match self.live.view() {
-                    Ok(view) => {
-                        Some(serde_json::value::to_raw_value(&view).expect("views serialize"))
-                    }
+                    Ok(view) => Some(view),
                     Err(error) => {
                         tracing::warn!(
                             "view failed; the read model keeps the previous one: {error}"
@@ -406,12 +404,19 @@ impl Entity {
                 events,
                 plugin: self.plugin.clone(),
                 commands: records,
-                view,
+                view: view
+                    .as_ref()
+                    .map(|v| serde_json::value::to_raw_value(v).expect("views serialize")),
                 capacity_type: self.capacity_type.clone(),
                 fence: None,
             };
             match runtime.committer.append(append).await {
-                Ok(end) => self.seq = end,
+                Ok(end) => {
+                    self.seq = end;
+                    if let (Some(view), Some(sink)) = (view, runtime.view_sink.get()) {
+                        sink(&self.id, &self.capacity_type, end, view);
+                    }
+                }
                 Err(error) => {
                     for (reply, _) in answers {
                         let _ = reply.send(Err(Error::Journal(error.duplicate())));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Snapshot};
@@ -249,7 +249,17 @@ impl Journal {
             // for a connection (the default) only holds up shutdowns and
             // recoveries when the database is gone.
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
+            // A broken connection fails its statement, which callers retry;
+            // a ping before every statement would cost a round trip each.
+            .test_before_acquire(false)
+            .connect_with(
+                url.parse::<PgConnectOptions>()?
+                    // The append's plan does not depend on its arrays; planning
+                    // it afresh for each group (which PostgreSQL otherwise
+                    // keeps doing, misled by their sizes) would cost more than
+                    // running it.
+                    .options([("plan_cache_mode", "force_generic_plan")]),
+            )
             .await?;
         sqlx::migrate!("../migrations").run(&db).await?;
         Ok(Self { db })
@@ -356,96 +366,45 @@ impl Journal {
             .collect()
     }
 
-    /// Writes the batches that may go; records refusals in `results` as it
-    /// finds them and successes once the transaction has committed.
+    /// Writes the batches that may go, in one statement (one round trip,
+    /// one implicit transaction); records each batch's result in `results`.
     async fn write_group(
         &self,
         batches: &[Append],
         results: &mut [Option<Result<SeqNr>>],
     ) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-
-        let fenced: Vec<i32> = batches
-            .iter()
-            .filter_map(|b| b.fence.map(|f| f.shard as i32))
-            .collect();
-        if !fenced.is_empty() {
-            let epochs: HashMap<i32, i64> = sqlx::query_as(
-                "SELECT shard, epoch FROM shard_leases WHERE shard = ANY($1) FOR SHARE",
-            )
-            .bind(&fenced)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            for (batch, result) in batches.iter().zip(results.iter_mut()) {
-                if let Some(fence) = batch.fence
-                    && epochs.get(&(fence.shard as i32)) != Some(&fence.epoch)
-                {
-                    *result = Some(Err(Error::Fenced {
-                        shard: fence.shard,
-                        epoch: fence.epoch,
-                    }));
-                }
-            }
-        }
-
-        // Row locks order the writers of a pool; taken in id order so that
-        // two groups never wait on each other in a cycle. Under them, each
-        // history must end where its writer believes it does. `last_seq` is a
-        // column of the locked row itself: after waiting for a lock, PostgreSQL
-        // hands back the row as the previous writer left it, which a
-        // subquery over `events` would not see (it reads the statement's
-        // snapshot, taken before the wait).
-        let ids: Vec<&str> = batches.iter().map(|b| b.pool.as_str()).collect();
-        let ends: HashMap<String, i64> = sqlx::query_as(
-            "SELECT pool_id, last_seq FROM pools WHERE pool_id = ANY($1) ORDER BY pool_id FOR NO KEY UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        // A second batch for a pool in one group cannot continue the history
+        // the first one writes.
         let mut seen = std::collections::HashSet::new();
         for (batch, result) in batches.iter().zip(results.iter_mut()) {
-            if result.is_some() {
-                continue;
+            if !seen.insert(batch.pool.as_str()) {
+                *result = Some(Err(Error::Conflict {
+                    pool: batch.pool.clone(),
+                    expected: batch.expected,
+                }));
             }
-            let conflict = || Error::Conflict {
-                pool: batch.pool.clone(),
-                expected: batch.expected,
-            };
-            *result = match ends.get(batch.pool.as_str()) {
-                None => Some(Err(Error::UnknownPool(batch.pool.clone()))),
-                Some(&end) if end != batch.expected.0 || !seen.insert(batch.pool.as_str()) => {
-                    Some(Err(conflict()))
-                }
-                Some(_) => None,
-            };
         }
-        let going: Vec<&Append> = batches
-            .iter()
-            .zip(results.iter())
-            .filter(|(_, r)| r.is_none())
-            .map(|(b, _)| b)
-            .collect();
-        if going.is_empty() {
-            return Ok(());
-        }
-
+        let mut group = GroupColumns::default();
         let mut events = EventColumns::default();
         let mut commands = CommandColumns::default();
         let mut views = ViewColumns::default();
-        for batch in &going {
+        for (batch, _) in batches.iter().zip(results.iter()).filter(|(_, r)| r.is_none()) {
+            group.push(batch);
             events.push(batch);
             commands.push(batch);
             views.push(batch);
         }
-        if !events.seqs.is_empty() {
-            sqlx::query(
-                "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
-            )
+        let first = batches
+            .iter()
+            .zip(results.iter())
+            .find(|(_, r)| r.is_none())
+            .map(|(b, _)| b);
+        let verdicts: Vec<(String, String)> = sqlx::query_as(APPEND_GROUP)
+            .bind(&group.pools)
+            .bind(&group.expected)
+            .bind(&group.ends)
+            .bind(&group.shards)
+            .bind(&group.epochs)
             .bind(&events.pools)
             .bind(&events.seqs)
             .bind(&events.payloads)
@@ -454,62 +413,41 @@ impl Journal {
             .bind(&events.plugin_digests)
             .bind(&events.requests)
             .bind(&events.actors)
-            .execute(&mut *tx)
-            .await
-            .map_err(unique_is_conflict(going[0]))?;
-        }
-        if !commands.keys.is_empty() {
-            sqlx::query(
-                "INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
-                 ON CONFLICT (pool_id, idempotency_key) DO UPDATE
-                 SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()",
-            )
             .bind(&commands.pools)
             .bind(&commands.keys)
             .bind(&commands.seqs)
             .bind(&commands.outcomes)
-            .execute(&mut *tx)
-            .await
-            .map_err(unique_is_conflict(going[0]))?;
-        }
-        let moved: Vec<&Append> = going
-            .iter()
-            .copied()
-            .filter(|b| !b.events.is_empty())
-            .collect();
-        if !moved.is_empty() {
-            let pools: Vec<&str> = moved.iter().map(|b| b.pool.as_str()).collect();
-            let ends: Vec<i64> = moved.iter().map(|b| b.end().0).collect();
-            sqlx::query(
-                "UPDATE pools p SET last_seq = u.last_seq
-                 FROM UNNEST($1::text[], $2::bigint[]) AS u(pool_id, last_seq) WHERE p.pool_id = u.pool_id",
-            )
-            .bind(&pools)
-            .bind(&ends)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !views.pools.is_empty() {
-            sqlx::query(
-                "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
-                 ON CONFLICT (pool_id) DO UPDATE
-                 SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
-                 WHERE pool_views.seq_nr <= EXCLUDED.seq_nr",
-            )
             .bind(&views.pools)
             .bind(&views.types)
             .bind(&views.seqs)
             .bind(&views.views)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+            .fetch_all(&self.db)
+            .await
+            .map_err(|error| match first {
+                // Another writer stored one of these numbers first.
+                Some(batch) => unique_is_conflict(batch)(error),
+                None => Error::Database(error),
+            })?;
+        let verdicts: HashMap<String, String> = verdicts.into_iter().collect();
         for (batch, result) in batches.iter().zip(results.iter_mut()) {
-            if result.is_none() {
-                *result = Some(Ok(batch.end()));
+            if result.is_some() {
+                continue;
             }
+            *result = Some(match verdicts.get(batch.pool.as_str()).map(String::as_str) {
+                Some("written") => Ok(batch.end()),
+                Some("fenced") => {
+                    let fence = batch.fence.expect("only fenced batches are fenced");
+                    Err(Error::Fenced {
+                        shard: fence.shard,
+                        epoch: fence.epoch,
+                    })
+                }
+                Some("behind") => Err(Error::Conflict {
+                    pool: batch.pool.clone(),
+                    expected: batch.expected,
+                }),
+                _ => Err(Error::UnknownPool(batch.pool.clone())),
+            });
         }
         Ok(())
     }
@@ -787,6 +725,87 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
             expected: batch.expected,
         },
         _ => Error::Database(error),
+    }
+}
+
+/// Appends a group of batches as one statement.
+///
+/// Leases are read under a share lock, so a lease cannot move while the
+/// group is written; the pools' rows are locked one by one through their
+/// key (a lateral lookup each, which the planner cannot turn into a scan of
+/// the table) in id order, so two groups never wait on each other in a
+/// cycle. `last_seq` is read through that
+/// lock: after waiting for another writer, PostgreSQL hands back the row as
+/// that writer left it, which a read of `events` (the statement's snapshot,
+/// taken before the wait) would not see. Only batches that hold their lease
+/// and continue their pool's history are written; the others are answered
+/// with why. Events, outcomes and views go in with a fixed number of
+/// `UNNEST`s however many pools take part.
+const APPEND_GROUP: &str = "
+WITH batch AS (
+    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[])
+        AS b(pool_id, expected, last_seq, shard, epoch)
+), lease AS (
+    SELECT shard, epoch FROM shard_leases WHERE shard = ANY($4) FOR SHARE
+), locked AS (
+    SELECT b.pool_id, k.last_seq
+      FROM (SELECT pool_id FROM batch ORDER BY pool_id) b,
+           LATERAL (SELECT last_seq FROM pools p WHERE p.pool_id = b.pool_id
+                    FOR NO KEY UPDATE) k
+), verdict AS (
+    SELECT b.pool_id, b.last_seq, b.expected,
+           CASE WHEN k.pool_id IS NULL THEN 'unknown'
+                WHEN b.shard IS NOT NULL AND l.epoch IS DISTINCT FROM b.epoch THEN 'fenced'
+                WHEN k.last_seq <> b.expected THEN 'behind'
+                ELSE 'written' END AS verdict
+      FROM batch b
+      LEFT JOIN locked k ON k.pool_id = b.pool_id
+      LEFT JOIN lease l ON l.shard = b.shard
+), going AS (
+    SELECT pool_id, last_seq, expected FROM verdict WHERE verdict = 'written'
+), moved AS (
+    UPDATE pools p SET last_seq = g.last_seq
+      FROM going g WHERE p.pool_id = g.pool_id AND g.last_seq > g.expected
+), new_events AS (
+    INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
+    SELECT e.* FROM UNNEST($6::text[], $7::bigint[], $8::text[]::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+        AS e(pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
+     WHERE e.pool_id IN (SELECT pool_id FROM going)
+), new_commands AS (
+    INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
+    SELECT c.* FROM UNNEST($14::text[], $15::text[], $16::bigint[], $17::text[]::jsonb[])
+        AS c(pool_id, idempotency_key, seq_nr, outcome)
+     WHERE c.pool_id IN (SELECT pool_id FROM going)
+        ON CONFLICT (pool_id, idempotency_key) DO UPDATE
+       SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()
+), new_views AS (
+    INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
+    SELECT v.* FROM UNNEST($18::text[], $19::text[], $20::bigint[], $21::text[]::jsonb[])
+        AS v(pool_id, capacity_type, seq_nr, view)
+     WHERE v.pool_id IN (SELECT pool_id FROM going)
+        ON CONFLICT (pool_id) DO UPDATE
+       SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
+     WHERE pool_views.seq_nr <= EXCLUDED.seq_nr
+)
+SELECT pool_id, verdict FROM verdict";
+
+/// Columns of the batches of a group.
+#[derive(Default)]
+struct GroupColumns<'a> {
+    pools: Vec<&'a str>,
+    expected: Vec<i64>,
+    ends: Vec<i64>,
+    shards: Vec<Option<i32>>,
+    epochs: Vec<Option<i64>>,
+}
+
+impl<'a> GroupColumns<'a> {
+    fn push(&mut self, batch: &'a Append) {
+        self.pools.push(batch.pool.as_str());
+        self.expected.push(batch.expected.0);
+        self.ends.push(batch.end().0);
+        self.shards.push(batch.fence.map(|f| f.shard as i32));
+        self.epochs.push(batch.fence.map(|f| f.epoch));
     }
 }
 

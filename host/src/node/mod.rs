@@ -274,6 +274,10 @@ impl Node {
         let types = registry.apply_active(&runtime).await?;
         tracing::info!(capacity_types = types, "active plugin versions loaded");
         let read_model = ReadModel::start(journal.db().clone(), view::Settings::default()).await?;
+        let sink = read_model.clone();
+        runtime.publish_views_to(Arc::new(move |pool, capacity_type, seq_nr, view| {
+            sink.publish(pool, capacity_type, seq_nr, view)
+        }));
         let state = AppState {
             runtime,
             read_model,

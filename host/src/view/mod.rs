@@ -10,7 +10,7 @@
 //! Queries take a read lock on the map for as long as it takes to clone a
 //! few `Arc`s; no query ever touches an entity or the database.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ const CHANNEL: &str = "allot_pool_views";
 /// Rows committed this long before a poll's start may still be missing
 /// from it (their transaction began earlier): each poll looks back this far.
 const POLL_OVERLAP: Duration = Duration::from_secs(10);
+
+/// How long a notification waits before its row is read.
+const FETCH_DELAY: Duration = Duration::from_millis(2);
 
 /// How the read model keeps up.
 #[derive(Clone, Debug)]
@@ -147,7 +150,8 @@ impl Drop for Shared {
 }
 
 enum Signal {
-    Changed(String),
+    /// A pool's view row changed, as of this seq when the notification says.
+    Changed(String, Option<i64>),
     /// Notifications may have been lost: compare everything.
     Resync,
 }
@@ -188,6 +192,29 @@ impl ReadModel {
             .expect("task list")
             .extend([listen, refresh]);
         Ok(Self { shared })
+    }
+
+    /// Takes a view this node has just written to the journal, without
+    /// reading it back; kept if newer than what is held.
+    pub fn publish(&self, pool: &PoolId, capacity_type: &str, seq_nr: SeqNr, view: View) {
+        let fresh = Arc::new(PoolView {
+            pool: pool.clone(),
+            capacity_type: capacity_type.to_owned(),
+            seq_nr,
+            updated_at: OffsetDateTime::now_utc(),
+            view,
+        });
+        let held = {
+            let mut pools = self.shared.pools.write().expect("views");
+            match pools.get(pool) {
+                Some(current) if current.seq_nr >= seq_nr => {}
+                _ => {
+                    pools.insert(pool.clone(), fresh);
+                }
+            }
+            pools.len()
+        };
+        metrics().read_model_pools.set(held as i64);
     }
 
     /// One pool's view.
@@ -280,7 +307,12 @@ async fn listen(
         let signal = match listener.try_recv().await {
             Ok(Some(notification)) => {
                 set_listening(true);
-                Signal::Changed(notification.payload().to_owned())
+                // `<pool> <seq>`; older triggers sent the pool alone.
+                let payload = notification.payload();
+                match payload.split_once(' ') {
+                    Some((pool, seq)) => Signal::Changed(pool.to_owned(), seq.parse().ok()),
+                    None => Signal::Changed(payload.to_owned(), None),
+                }
             }
             Ok(None) => {
                 // Reconnected already (eagerly); what was sent meanwhile is
@@ -312,27 +344,45 @@ async fn refresh(
     let mut last_full = Instant::now();
     let mut watermark: Option<OffsetDateTime> = None;
     loop {
-        let mut changed = HashSet::new();
+        let mut changed: HashMap<String, Option<i64>> = HashMap::new();
         let mut resync = false;
+        let mut polled = false;
+        let mut take = |signal| match signal {
+            Signal::Changed(id, seq) => {
+                let newest = changed.entry(id).or_insert(seq);
+                *newest = (*newest).max(seq);
+            }
+            Signal::Resync => resync = true,
+        };
         tokio::select! {
             signal = signals.recv() => {
                 let Some(signal) = signal else { return };
-                let mut take = |signal| match signal {
-                    Signal::Changed(id) => { changed.insert(id); }
-                    Signal::Resync => resync = true,
-                };
                 take(signal);
+                // This node's own writes reach its read model directly, at
+                // about the time their notifications arrive: a moment's
+                // wait spares reading them back (and gathers more ids per read).
+                tokio::time::sleep(FETCH_DELAY).await;
                 while let Ok(signal) = signals.try_recv() {
                     take(signal);
                 }
             }
-            _ = poll.tick() => {}
+            _ = poll.tick() => polled = true,
         }
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let result = if !changed.is_empty() && !resync {
-            let ids: Vec<String> = changed.into_iter().collect();
+        let result = if !resync && !polled {
+            let ids: Vec<String> = {
+                let pools = shared.pools.read().expect("views");
+                changed
+                    .into_iter()
+                    .filter(|(id, seq)| !holds(&pools, id, *seq))
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            if ids.is_empty() {
+                continue;
+            }
             fetch(&db, &shared, &ids, true).await
         } else {
             let since = if resync || last_full.elapsed() >= settings.full_sync_every {
@@ -353,6 +403,14 @@ async fn refresh(
             tracing::warn!("refreshing the read model failed: {error}");
         }
     }
+}
+
+/// Whether `pools` holds a pool's view as of `seq` already.
+fn holds(pools: &BTreeMap<PoolId, Arc<PoolView>>, id: &str, seq: Option<i64>) -> bool {
+    let (Some(seq), Ok(id)) = (seq, PoolId::new(id)) else {
+        return false;
+    };
+    pools.get(&id).is_some_and(|held| held.seq_nr.0 >= seq)
 }
 
 /// Compares the seqs of rows changed since `since` (all rows without it)

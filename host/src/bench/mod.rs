@@ -1,0 +1,736 @@
+//! `allot bench`: Allot against the classical design it replaces, side by
+//! side, over real HTTP, on one PostgreSQL.
+//!
+//! Both targets are `allot serve` processes of this binary (the baseline
+//! with `--baseline`), each with a database of its own on the same server.
+//! Every scenario runs on both, one after the other, at the same offered
+//! rate; the rate sweep then finds the highest rate each sustains within
+//! the latency objective. At the end each target's database is checked:
+//! no pool over capacity, every acknowledged reservation recorded once.
+
+mod load;
+mod targets;
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use reqwest::{Client, Method};
+
+use crate::dev;
+use crate::pg::EmbeddedPostgres;
+use load::{Plan, Report, Shot};
+use targets::{Design, Server, Target};
+
+/// What `allot bench` takes.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Scenarios to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "spread,hot,grid,mixed,sellout,sweep"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Targets to run them on.
+    #[arg(long, value_delimiter = ',', default_value = "allot,baseline")]
+    targets: Vec<TargetName>,
+    /// How long each fixed-rate scenario runs (`30s`, `10m`, `1h`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Reservations per second offered in `spread` and `hot`.
+    #[arg(long, default_value_t = 2_000.0)]
+    write_rate: f64,
+    /// Grid reads per second offered in `grid`.
+    #[arg(long, default_value_t = 10_000.0)]
+    read_rate: f64,
+    /// Requests per second offered in `mixed` (75 % reads, 25 % reservations).
+    #[arg(long, default_value_t = 4_000.0)]
+    mixed_rate: f64,
+    /// Pools the spread load goes over.
+    #[arg(long, default_value_t = 1_000)]
+    pools: usize,
+    /// The loads the sweep runs.
+    #[arg(long, value_delimiter = ',', default_value = "spread,hot,grid,mixed")]
+    sweep: Vec<SweepLoad>,
+    /// How long each step of the sweep runs.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    step: Duration,
+    /// Most steps of the sweep per scenario and target.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// The p99 objective of reservations and mixed load, in ms.
+    #[arg(long, default_value_t = 10.0)]
+    write_p99_ms: f64,
+    /// The p99 objective of grid reads, in ms.
+    #[arg(long, default_value_t = 2.0)]
+    read_p99_ms: f64,
+    /// Print figures this often during long runs (soak tests).
+    #[arg(long, value_parser = parse_duration)]
+    report_every: Option<Duration>,
+    /// Database connections each target may open.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// PostgreSQL to create the targets' databases on (a URL with rights to
+    /// create databases); without it, an embedded PostgreSQL is started.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Measure an Allot that is already running here instead of starting one.
+    #[arg(long, requires = "token")]
+    allot_url: Option<String>,
+    /// Its database, for the final check.
+    #[arg(long)]
+    allot_database_url: Option<String>,
+    /// Measure a baseline that is already running here instead of starting one.
+    #[arg(long, requires = "token")]
+    baseline_url: Option<String>,
+    /// Its database, for the final check.
+    #[arg(long)]
+    baseline_database_url: Option<String>,
+    /// An operator token of the running targets.
+    #[arg(long, env = "ALLOT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Reservations spread over `--pools` pools.
+    Spread,
+    /// Every reservation to one pool.
+    Hot,
+    /// Grid reads of one pool at a time.
+    Grid,
+    /// 75 % grid reads, 25 % reservations.
+    Mixed,
+    /// Pools of 100 units offered twice that: exactly 100 must be taken.
+    Sellout,
+    /// The highest rate of spread, hot, grid and mixed within the p99 objective.
+    Sweep,
+}
+
+/// A load the sweep can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SweepLoad {
+    Spread,
+    Hot,
+    Grid,
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TargetName {
+    Allot,
+    Baseline,
+}
+
+/// The load a scenario puts on a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
+    Spread,
+    Hot,
+    Grid,
+    Mixed,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Spread => "spread",
+            Self::Hot => "hot",
+            Self::Grid => "grid",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number = f64::from_str(number)
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("`{text}` is not a duration such as 30s, 10m or 1h"))?;
+    let seconds = match unit {
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("`{text}`: the unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Capacity of the pools whose load is measured: never reached.
+const AMPLE: u64 = 1_000_000_000_000;
+
+/// The `sellout` scenario: this many pools of this many units.
+const SELLOUT_POOLS: usize = 20;
+const SELLOUT_UNITS: u64 = 100;
+
+/// Runs the benchmark; `Ok(false)` when a check failed.
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    for (name, rate) in [
+        ("--write-rate", args.write_rate),
+        ("--read-rate", args.read_rate),
+        ("--mixed-rate", args.mixed_rate),
+    ] {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("{name} must be a positive number of requests per second");
+        }
+    }
+    if args.pools == 0 {
+        bail!("--pools must be at least 1");
+    }
+    let client = Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut bench = Bench::start(&args, client).await?;
+    let outcome = bench.run_scenarios(&args).await;
+    let verified = bench.verify().await;
+    bench.stop().await;
+    let ok = outcome? & verified?;
+    Ok(ok)
+}
+
+struct Bench {
+    targets: Vec<Target>,
+    /// Spread pools of each target, by ledger index.
+    spread: Vec<Vec<usize>>,
+    /// Makes reservation and pool ids unique across runs on the same targets.
+    session: String,
+    runs: u64,
+    comparisons: Vec<Comparison>,
+    _postgres: Option<EmbeddedPostgres>,
+    _dir: TempDir,
+}
+
+/// One row of the comparison table: a figure of each target.
+struct Comparison {
+    what: String,
+    figures: Vec<f64>,
+    /// Rates: higher is better; latencies: lower is better.
+    higher_is_better: bool,
+    unit: &'static str,
+}
+
+impl Bench {
+    async fn start(args: &BenchArgs, client: Client) -> anyhow::Result<Self> {
+        let session = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let dir = TempDir::new(&format!("allot-bench-{session}"))?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let needs_server = args.targets.iter().any(|t| match t {
+            TargetName::Allot => args.allot_url.is_none(),
+            TargetName::Baseline => args.baseline_url.is_none(),
+        });
+        let mut postgres = None;
+        let admin = match (&args.database_url, needs_server) {
+            (_, false) => None,
+            (Some(url), true) => Some(url.clone()),
+            (None, true) => {
+                let pg_dir = dev::scratch_postgres_dir("bench");
+                let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_dir))
+                    .await??;
+                let url = server.url("postgres");
+                postgres = Some(server);
+                Some(url)
+            }
+        };
+        let mut targets = Vec::new();
+        for name in dedup(&args.targets) {
+            let design = match name {
+                TargetName::Allot => Design::Allot,
+                TargetName::Baseline => Design::Baseline,
+            };
+            let (given_url, given_db) = match design {
+                Design::Allot => (&args.allot_url, &args.allot_database_url),
+                Design::Baseline => (&args.baseline_url, &args.baseline_database_url),
+            };
+            let target = match (given_url, &admin) {
+                (Some(url), _) => {
+                    let token = args.token.as_deref().context("--token is needed")?;
+                    Target::new(
+                        design,
+                        url.trim_end_matches('/').to_owned(),
+                        given_db.clone(),
+                        None,
+                        client.clone(),
+                        token,
+                    )
+                }
+                (None, Some(admin)) => {
+                    let db = targets::fresh_database(admin, &format!("bench_{}", design.name()))
+                        .await?;
+                    let mut config = format!(
+                        "database_url = {db:?}\nmax_connections = {}\n",
+                        args.connections
+                    );
+                    if design == Design::Allot {
+                        eprintln!("building the quota plugin …");
+                        let root = dev::workspace_root();
+                        let plugin = tokio::task::spawn_blocking(move || {
+                            dev::build_plugins(&root, &["allot-plugin-template"])
+                        })
+                        .await??
+                        .remove(0);
+                        writeln!(config, "plugins = [{:?}]\nactivate_plugins = true", plugin)?;
+                    }
+                    eprintln!("starting the {} server …", design.name());
+                    let (server, url) =
+                        Server::start(design, dir.path(), &config, &token, &client).await?;
+                    Target::new(design, url, Some(db), Some(server), client.clone(), &token)
+                }
+                (None, None) => unreachable!("a database is started for servers to start"),
+            };
+            targets.push(target);
+        }
+        let mut bench = Self {
+            spread: Vec::new(),
+            targets,
+            session,
+            runs: 0,
+            comparisons: Vec::new(),
+            _postgres: postgres,
+            _dir: dir,
+        };
+        bench.prepare(args).await?;
+        Ok(bench)
+    }
+
+    /// Makes the spread pools on every target and warms them up: one
+    /// reservation and one grid read each, so that Allot's pools are
+    /// running and every connection pool is full before anything is measured.
+    async fn prepare(&mut self, args: &BenchArgs) -> anyhow::Result<()> {
+        let ids: Vec<String> = (0..args.pools)
+            .map(|i| format!("bench-{}-spread-{i:05}", self.session))
+            .collect();
+        for t in 0..self.targets.len() {
+            eprintln!(
+                "making {} pools on {} …",
+                ids.len(),
+                self.targets[t].design.name()
+            );
+            let pools = self.targets[t].create_pools(&ids, AMPLE).await?;
+            self.spread.push(pools);
+            let n = ids.len() as u64;
+            let rate = (n as f64 / 2.0).max(100.0);
+            let warm = Plan {
+                rate,
+                duration: Duration::from_secs_f64(2.0 * n as f64 / rate),
+                shot: self.shots(t, Load::Mixed, &[], 2),
+                report_every: None,
+            };
+            let report = load::run(&self.targets[t].caller, warm, |_| {}).await;
+            if report.error_count() > 0 {
+                bail!(
+                    "warming up {} failed: {:?}",
+                    self.targets[t].design.name(),
+                    report.errors
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_scenarios(&mut self, args: &BenchArgs) -> anyhow::Result<bool> {
+        println!(
+            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  errors",
+            "scenario",
+            "target",
+            "offered/s",
+            "answered/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "rss MiB"
+        );
+        let mut ok = true;
+        for scenario in &args.scenarios {
+            match scenario {
+                Scenario::Spread => self.fixed(Load::Spread, args.write_rate, args).await?,
+                Scenario::Hot => self.fixed(Load::Hot, args.write_rate, args).await?,
+                Scenario::Grid => self.fixed(Load::Grid, args.read_rate, args).await?,
+                Scenario::Mixed => self.fixed(Load::Mixed, args.mixed_rate, args).await?,
+                Scenario::Sellout => ok &= self.sellout(args).await?,
+                Scenario::Sweep => self.sweep(args).await?,
+            }
+        }
+        self.print_comparison();
+        Ok(ok)
+    }
+
+    /// Runs a load at one rate on every target and compares their p99.
+    async fn fixed(&mut self, load: Load, rate: f64, args: &BenchArgs) -> anyhow::Result<()> {
+        let mut p99 = Vec::new();
+        for t in 0..self.targets.len() {
+            let report = self
+                .measure(t, load, rate, args.duration, args.report_every)
+                .await?;
+            p99.push(report.ms(0.99));
+        }
+        self.comparisons.push(Comparison {
+            what: format!("{} p99 at {}/s", load.name(), thousands(rate)),
+            figures: p99,
+            higher_is_better: false,
+            unit: "ms",
+        });
+        Ok(())
+    }
+
+    /// One run of a load on one target, printed as a row.
+    async fn measure(
+        &mut self,
+        t: usize,
+        load: Load,
+        rate: f64,
+        duration: Duration,
+        report_every: Option<Duration>,
+    ) -> anyhow::Result<Report> {
+        let hot = if load == Load::Hot {
+            let id = format!("bench-{}-hot-{}", self.session, self.runs);
+            self.targets[t].create_pools(&[id], AMPLE).await?
+        } else {
+            Vec::new()
+        };
+        self.runs += 1;
+        let plan = Plan {
+            rate,
+            duration,
+            shot: self.shots(t, load, &hot, 0),
+            report_every,
+        };
+        let target = &self.targets[t];
+        let name = target.design.name();
+        let report = load::run(&target.caller, plan, |interval| {
+            print_row(&format!("{} …", load.name()), name, interval, target.rss_mib());
+        })
+        .await;
+        print_row(load.name(), name, &report, target.rss_mib());
+        // Let the target finish what it queued before the next run.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(report)
+    }
+
+    /// The requests of a load on target `t`; reservation ids carry the run
+    /// number. With `warm_up` > 0, every pool gets `warm_up` requests in
+    /// turn, one of them a reservation.
+    fn shots(
+        &mut self,
+        t: usize,
+        load: Load,
+        hot: &[usize],
+        warm_up: u64,
+    ) -> Arc<dyn Fn(u64) -> Shot + Send + Sync> {
+        let target = &self.targets[t];
+        let pools: Vec<(usize, String)> = match load {
+            Load::Hot => hot.to_vec(),
+            _ => self.spread[t].clone(),
+        }
+        .into_iter()
+        .map(|i| (i, target.pool(i).to_owned()))
+        .collect();
+        let base = target.url.clone();
+        let run = format!("{}-{}", self.session, self.runs);
+        Arc::new(move |i| {
+            let n = pools.len() as u64;
+            // Warming up visits every pool in turn; the load picks at random.
+            let (pool, id) = if warm_up > 0 {
+                &pools[((i / warm_up) % n) as usize]
+            } else {
+                &pools[(load::spread(i) % n) as usize]
+            };
+            let read = match load {
+                Load::Spread | Load::Hot => false,
+                Load::Grid => true,
+                Load::Mixed if warm_up > 0 => i % warm_up != 0,
+                Load::Mixed => i % 4 != 0,
+            };
+            if read {
+                Shot {
+                    method: Method::GET,
+                    url: format!("{base}/v1/grid?prefix={id}&limit=1"),
+                    body: None,
+                    pool: None,
+                }
+            } else {
+                Shot {
+                    method: Method::POST,
+                    url: format!("{base}/v1/pools/{id}/reservations"),
+                    body: Some(format!(
+                        r#"{{"id":"r{run}-{i}","request":{{"units":1}}}}"#
+                    )),
+                    pool: Some(*pool),
+                }
+            }
+        })
+    }
+
+    /// Pools of 100 units, offered 200 reservations each at the write
+    /// rate: each must end with exactly 100 taken, the rest refused.
+    async fn sellout(&mut self, args: &BenchArgs) -> anyhow::Result<bool> {
+        let mut ok = true;
+        for t in 0..self.targets.len() {
+            let ids: Vec<String> = (0..SELLOUT_POOLS)
+                .map(|i| format!("bench-{}-sellout-{}-{i}", self.session, self.runs))
+                .collect();
+            let pools = self.targets[t].create_pools(&ids, SELLOUT_UNITS).await?;
+            let offered = 2 * SELLOUT_UNITS * SELLOUT_POOLS as u64;
+            let rate = args.write_rate.min(offered as f64);
+            let run = format!("{}-{}", self.session, self.runs);
+            self.runs += 1;
+            let target = &self.targets[t];
+            let base = target.url.clone();
+            let named: Vec<(usize, String)> = pools
+                .iter()
+                .map(|&i| (i, target.pool(i).to_owned()))
+                .collect();
+            let plan = Plan {
+                rate,
+                duration: Duration::from_secs_f64(offered as f64 / rate),
+                shot: Arc::new(move |i| {
+                    let (pool, id) = &named[(i % named.len() as u64) as usize];
+                    Shot {
+                        method: Method::POST,
+                        url: format!("{base}/v1/pools/{id}/reservations"),
+                        body: Some(format!(
+                            r#"{{"id":"s{run}-{i}","request":{{"units":1}}}}"#
+                        )),
+                        pool: Some(*pool),
+                    }
+                }),
+                report_every: None,
+            };
+            let report = load::run(&target.caller, plan, |_| {}).await;
+            print_row("sellout", target.design.name(), &report, target.rss_mib());
+            let taken: u64 = pools.iter().map(|&i| target.caller.ledger.accepted(i)).sum();
+            let expected = SELLOUT_UNITS * SELLOUT_POOLS as u64;
+            let refused = report.rejected.get("quota_exhausted").copied().unwrap_or(0);
+            if taken > expected {
+                println!(
+                    "  FAILED: {} accepted {taken} reservations of {expected} units: overbooked",
+                    target.design.name()
+                );
+                ok = false;
+            } else if report.error_count() == 0 && (taken != expected || taken + refused != offered)
+            {
+                println!(
+                    "  FAILED: {} accepted {taken} and refused {refused} of {offered}; \
+                     expected {expected} accepted",
+                    target.design.name()
+                );
+                ok = false;
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Finds, for each load and target, the highest rate whose p99 stays
+    /// within the objective with under 0.1 % errors: up by half while it
+    /// does, then halving the gap to the first rate that did not.
+    async fn sweep(&mut self, args: &BenchArgs) -> anyhow::Result<()> {
+        for chosen in dedup(&args.sweep) {
+            let (load, start, objective) = match chosen {
+                SweepLoad::Spread => (Load::Spread, args.write_rate, args.write_p99_ms),
+                SweepLoad::Hot => (Load::Hot, args.write_rate, args.write_p99_ms),
+                SweepLoad::Grid => (Load::Grid, args.read_rate, args.read_p99_ms),
+                SweepLoad::Mixed => (Load::Mixed, args.mixed_rate, args.write_p99_ms),
+            };
+            let mut best = Vec::new();
+            for t in 0..self.targets.len() {
+                let (mut rate, mut passed, mut failed) = (start, 0.0_f64, f64::INFINITY);
+                for _ in 0..args.steps {
+                    let report = self.measure(t, load, rate, args.step, None).await?;
+                    let errors = report.error_count() as f64 / report.sent.max(1) as f64;
+                    if report.ms(0.99) <= objective && errors <= 0.001 {
+                        passed = passed.max(rate);
+                    } else {
+                        failed = failed.min(rate);
+                    }
+                    rate = if failed.is_finite() {
+                        if passed == 0.0 {
+                            failed / 2.0
+                        } else {
+                            (passed + failed) / 2.0
+                        }
+                    } else {
+                        rate * 1.5
+                    };
+                    if failed.is_finite() && passed > 0.0 && failed / passed < 1.1 {
+                        break;
+                    }
+                }
+                best.push(passed);
+            }
+            self.comparisons.push(Comparison {
+                what: format!("{} rate, p99 ≤ {objective} ms", load.name()),
+                figures: best,
+                higher_is_better: true,
+                unit: "/s",
+            });
+        }
+        Ok(())
+    }
+
+    fn print_comparison(&self) {
+        if self.comparisons.is_empty() {
+            return;
+        }
+        let names: Vec<_> = self.targets.iter().map(|t| t.design.name()).collect();
+        println!();
+        let mut header = format!("{:<30}", "comparison");
+        for name in &names {
+            write!(header, " {name:>12}").expect("writing to a string");
+        }
+        if names.len() == 2 {
+            write!(header, "  {:>22}", format!("{} vs {}", names[0], names[1]))
+                .expect("writing to a string");
+        }
+        println!("{header}");
+        for row in &self.comparisons {
+            let mut line = format!("{:<30}", row.what);
+            for figure in &row.figures {
+                let shown = match row.unit {
+                    "ms" => format!("{figure:.2} ms"),
+                    _ => format!("{}/s", thousands(*figure)),
+                };
+                write!(line, " {shown:>12}").expect("writing to a string");
+            }
+            if let [a, b] = row.figures[..] {
+                let ratio = if row.higher_is_better { a / b } else { b / a };
+                let verdict = if !ratio.is_finite() || a == 0.0 && b == 0.0 {
+                    "-".to_owned()
+                } else if row.higher_is_better {
+                    format!("{ratio:.1}× higher")
+                } else {
+                    format!("{ratio:.1}× lower")
+                };
+                write!(line, "  {verdict:>22}").expect("writing to a string");
+            }
+            println!("{line}");
+        }
+    }
+
+    /// Checks every target's database; prints what it found.
+    async fn verify(&self) -> anyhow::Result<bool> {
+        println!();
+        let mut ok = true;
+        for target in &self.targets {
+            let name = target.design.name();
+            if target.database_url.is_none() {
+                println!("{name}: not checked (give its database URL to check it)");
+                continue;
+            }
+            let verified = target.verify().await?;
+            if verified.failures.is_empty() {
+                println!(
+                    "{name}: checked {} pools and {} reservations: none over capacity, \
+                     every acknowledged reservation recorded once{}",
+                    verified.pools,
+                    verified.reservations,
+                    if verified.unacknowledged > 0 {
+                        format!(
+                            " ({} recorded whose answer the client did not get)",
+                            verified.unacknowledged
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            } else {
+                ok = false;
+                println!("{name}: FAILED the check:");
+                for failure in verified.failures.iter().take(20) {
+                    println!("  {failure}");
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn stop(self) {
+        for target in self.targets {
+            if let Some(server) = target.server {
+                if let Err(e) = server.stop().await {
+                    eprintln!("stopping {}: {e:#}", target.design.name());
+                }
+            }
+        }
+    }
+}
+
+fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
+    let errors = if report.errors.is_empty() {
+        "none".to_owned()
+    } else {
+        report
+            .errors
+            .iter()
+            .map(|(what, n)| format!("{what}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9}  {}",
+        scenario,
+        target,
+        thousands(report.offered),
+        thousands(report.achieved()),
+        report.ms(0.5),
+        report.ms(0.9),
+        report.ms(0.99),
+        report.ms(0.999),
+        report.max_ms(),
+        rss.map_or("-".to_owned(), |mib| format!("{mib:.0}")),
+        errors
+    );
+}
+
+/// `12345.6` as `12,346`.
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn dedup<T: Copy + PartialEq>(names: &[T]) -> Vec<T> {
+    let mut unique = Vec::new();
+    for name in names {
+        if !unique.contains(name) {
+            unique.push(*name);
+        }
+    }
+    unique
+}
+
+/// A folder removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,352 @@
+//! The two systems under test: started as `allot serve` processes of this
+//! binary on one PostgreSQL (or reached at given URLs), their pools, and
+//! the check, from their databases, that nothing was overbooked or lost.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+use super::load::{Caller, Ledger};
+
+/// The design a target runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Design {
+    /// Allot: pool entities, wasm rules, event journal, read model.
+    Allot,
+    /// The classical design: a counter row per pool, a conditional update
+    /// per request.
+    Baseline,
+}
+
+impl Design {
+    /// As the tables name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allot => "allot",
+            Self::Baseline => "baseline",
+        }
+    }
+}
+
+/// A process this benchmark started.
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `allot serve` with a config, and waits until it is ready.
+    pub async fn start(
+        design: Design,
+        dir: &Path,
+        config: &str,
+        token: &str,
+        client: &Client,
+    ) -> anyhow::Result<(Self, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = format!("listen = \"127.0.0.1:{port}\"\n{config}");
+        let path = dir.join(format!("{}.toml", design.name()));
+        std::fs::write(&path, config)?;
+        let log = dir.join(format!("{}.log", design.name()));
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("serve").arg("--config").arg(&path);
+        if design == Design::Baseline {
+            command.arg("--baseline");
+        }
+        let child = command
+            .env("ALLOT_TOKENS", format!("bench=operator:{token}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `allot serve`")?;
+        let mut server = Self { child, log };
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/readyz");
+        for _ in 0..1200 {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "the {} server exited ({status}) while starting; its log:\n{}",
+                    design.name(),
+                    server.log_tail()
+                );
+            }
+            let answer = client.get(&ready).send().await;
+            if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return Ok((server, url));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "the {} server was not ready within 2 minutes; its log:\n{}",
+            design.name(),
+            server.log_tail()
+        )
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops it as an operator would (SIGTERM) and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
+        else {
+            bail!("the server did not stop within 30 s");
+        };
+        let status = status?;
+        if !status.success() {
+            bail!("the server exited with {status}:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = log.lines().rev().take(20).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Resident memory of a process, in MiB, from `/proc`.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Makes a fresh, empty database on a server and returns its URL.
+pub async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let (base, _) = admin_url
+        .split('?')
+        .next()
+        .unwrap_or(admin_url)
+        .rsplit_once('/')
+        .context("a database URL ends in /<database>")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// One system under test, as the load generator sees it.
+pub struct Target {
+    /// Its design.
+    pub design: Design,
+    /// Its API.
+    pub url: String,
+    /// Its database, for the final check; none when it was not given.
+    pub database_url: Option<String>,
+    /// The process, when this benchmark started it.
+    pub server: Option<Server>,
+    /// Sends requests as the benchmark's caller.
+    pub caller: Caller,
+    /// The pools made so far, with their capacities, by ledger index.
+    pools: Vec<(String, u64)>,
+    index: HashMap<String, usize>,
+}
+
+/// Most pools one benchmark run makes on a target.
+const MAX_POOLS: usize = 100_000;
+
+impl Target {
+    /// A target at `url`.
+    pub fn new(
+        design: Design,
+        url: String,
+        database_url: Option<String>,
+        server: Option<Server>,
+        client: Client,
+        token: &str,
+    ) -> Self {
+        Self {
+            design,
+            url,
+            database_url,
+            server,
+            caller: Caller {
+                client,
+                token: token.into(),
+                ledger: Arc::new(Ledger::new(MAX_POOLS)),
+            },
+            pools: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Makes quota pools with these ids and capacity, a few at a time,
+    /// and returns their ledger indexes.
+    pub async fn create_pools(&mut self, ids: &[String], units: u64) -> anyhow::Result<Vec<usize>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut made = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self.pools.len() >= MAX_POOLS {
+                bail!("a benchmark run makes at most {MAX_POOLS} pools per target");
+            }
+            let index = self.pools.len();
+            self.pools.push((id.clone(), units));
+            self.index.insert(id.clone(), index);
+            made.push(index);
+            if tasks.len() >= 16 {
+                tasks.join_next().await.expect("a task is running")??;
+            }
+            let (client, token) = (self.caller.client.clone(), self.caller.token.clone());
+            let url = format!("{}/v1/pools", self.url);
+            let body = json!({
+                "id": id,
+                "capacity_type": "quota",
+                "config": { "name": id, "units": units },
+            });
+            tasks.spawn(async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(&*token)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                if !status.is_success() {
+                    bail!("creating a pool: {status} {}", response.text().await?);
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(made)
+    }
+
+    /// A pool's id by ledger index.
+    pub fn pool(&self, index: usize) -> &str {
+        &self.pools[index].0
+    }
+
+    /// The process's resident memory, when this benchmark started it.
+    pub fn rss_mib(&self) -> Option<f64> {
+        rss_mib(self.server.as_ref()?.pid()?)
+    }
+
+    /// Checks from the target's database that no pool holds more than its
+    /// capacity, that its count matches its reservations, that no
+    /// reservation id was recorded twice, and that every reservation a
+    /// client was told was accepted is recorded.
+    pub async fn verify(&self) -> anyhow::Result<Verified> {
+        let Some(url) = &self.database_url else {
+            bail!("no database URL to check {} against", self.design.name());
+        };
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        // Per pool: capacity, units held by live reservations, the count
+        // kept beside them (the baseline's counter; Allot's is the sum),
+        // reservations recorded, and distinct reservation ids among them.
+        let query = match self.design {
+            Design::Allot => {
+                "SELECT p.pool_id, (p.config->>'units')::bigint,
+                        coalesce(sum(CASE e.payload->>'type'
+                            WHEN 'reserved' THEN (e.payload->>'units')::bigint
+                            WHEN 'released' THEN -(e.payload->>'units')::bigint END), 0)::bigint,
+                        coalesce(sum(CASE e.payload->>'type'
+                            WHEN 'reserved' THEN (e.payload->>'units')::bigint
+                            WHEN 'released' THEN -(e.payload->>'units')::bigint END), 0)::bigint,
+                        count(*) FILTER (WHERE e.payload->>'type' = 'reserved'),
+                        count(DISTINCT e.payload->>'reservation_id')
+                            FILTER (WHERE e.payload->>'type' = 'reserved')
+                   FROM pools p LEFT JOIN events e USING (pool_id)
+                  WHERE p.capacity_type = 'quota'
+                  GROUP BY p.pool_id, p.config"
+            }
+            Design::Baseline => {
+                "SELECT p.pool_id, p.capacity, p.used,
+                        coalesce(sum(r.units) FILTER (WHERE NOT r.released), 0)::bigint,
+                        count(r.reservation_id), count(DISTINCT r.reservation_id)
+                   FROM baseline.pools p LEFT JOIN baseline.reservations r USING (pool_id)
+                  GROUP BY p.pool_id"
+            }
+        };
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+            sqlx::query_as(query).fetch_all(&mut conn).await?;
+        let mut verified = Verified::default();
+        for (pool, capacity, counted, held, recorded, distinct) in rows {
+            let Some(&index) = self.index.get(&pool) else {
+                continue;
+            };
+            verified.pools += 1;
+            verified.reservations += recorded as u64;
+            let acknowledged = self.caller.ledger.accepted(index);
+            if counted > capacity || held > capacity {
+                verified.failures.push(format!(
+                    "{pool}: {held} units reserved, capacity {capacity}: overbooked"
+                ));
+            }
+            if counted != held {
+                verified.failures.push(format!(
+                    "{pool}: the count says {counted} units, the reservations hold {held}"
+                ));
+            }
+            if distinct != recorded {
+                verified.failures.push(format!(
+                    "{pool}: {recorded} reservations recorded under {distinct} ids"
+                ));
+            }
+            if (recorded as u64) < acknowledged {
+                verified.failures.push(format!(
+                    "{pool}: {acknowledged} reservations acknowledged, {recorded} recorded: lost"
+                ));
+            }
+            // Recorded but never acknowledged: the answer was lost (the
+            // client gave up); a retry under the same id would get it.
+            verified.unacknowledged += (recorded as u64).saturating_sub(acknowledged);
+        }
+        if verified.pools < self.pools.len() {
+            verified.failures.push(format!(
+                "{} pools were made, {} found",
+                self.pools.len(),
+                verified.pools
+            ));
+        }
+        Ok(verified)
+    }
+}
+
+/// What the final check found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Pools checked.
+    pub pools: usize,
+    /// Reservations recorded in them.
+    pub reservations: u64,
+    /// Recorded, though the client never heard it was accepted.
+    pub unacknowledged: u64,
+    /// What is wrong; empty when all is well.
+    pub failures: Vec<String>,
+}
