@@ -139,7 +139,7 @@ pub async fn serve(
         // A broken connection fails its statement, which callers retry;
         // a ping before every statement would cost a round trip each.
         .test_before_acquire(false)
-            .connect(url)
+        .connect(url)
         .await?;
     sqlx::raw_sql(SCHEMA).execute(&db).await?;
     let state = Baseline {
@@ -182,7 +182,10 @@ fn router(state: Baseline) -> Router {
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(ready))
         .fallback(|| async {
-            ApiError::not_found("not_found", "the baseline serves pools, checkout and the grid")
+            ApiError::not_found(
+                "not_found",
+                "the baseline serves pools, checkout and the grid",
+            )
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
@@ -375,10 +378,9 @@ async fn refusal(db: &PgPool, pool: &PoolId, id: &str, asked: i64) -> Result<Api
     .map_err(database)?;
     Ok(match row {
         None => ApiError::not_found("unknown_pool", format!("no pool `{pool}`")),
-        Some((_, _, Some(_))) => ApiError::rejected(problem(
-            "duplicate_reservation",
-            format!("{id} exists"),
-        )),
+        Some((_, _, Some(_))) => {
+            ApiError::rejected(problem("duplicate_reservation", format!("{id} exists")))
+        }
         Some((capacity, used, None)) => ApiError::rejected(problem(
             "quota_exhausted",
             format!("{} units left, {asked} asked", (capacity - used).max(0)),

@@ -206,10 +206,12 @@ pub async fn run(caller: &Caller, plan: Plan, mut interval: impl FnMut(&Report))
     };
 
     if let (Some(every), Some(recent)) = (plan.report_every, &recent) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(start) + every, every);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::from_std(start) + every, every);
         while !scheduler.is_finished() {
             tick.tick().await;
-            let mut figures = std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
+            let mut figures =
+                std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
             figures.elapsed = every;
             interval(&figures);
         }

@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// Requests per second offered in `mixed` (75 % reads, 25 % reservations).
     #[arg(long, default_value_t = 4_000.0)]
     mixed_rate: f64,
+    /// Release each reservation after this many more (every other write
+    /// is then a release), so that pools stop growing: for soak runs. 0
+    /// never releases.
+    #[arg(long, default_value_t = 0)]
+    churn: u64,
     /// Pools the spread load goes over.
     #[arg(long, default_value_t = 1_000)]
     pools: usize,
@@ -71,6 +76,24 @@ pub struct BenchArgs {
     /// Print figures this often during long runs (soak tests).
     #[arg(long, value_parser = parse_duration)]
     report_every: Option<Duration>,
+    /// Allot's group-commit writers (`[entities] writers`); its default
+    /// when not given.
+    #[arg(long)]
+    writers: Option<usize>,
+    /// How long Allot honours retries (`[entities]
+    /// idempotency_window_seconds`); its default when not given. Its memory
+    /// follows reservations per window.
+    #[arg(long, value_parser = parse_duration)]
+    idempotency_window: Option<Duration>,
+    /// Worker threads of each target's runtime (TOKIO_WORKER_THREADS);
+    /// one per core when not given. On a machine shared with PostgreSQL and
+    /// the load generator, fewer threads wake each other less often.
+    #[arg(long)]
+    server_threads: Option<usize>,
+    /// Worker threads of the load generator's runtime; one per core when
+    /// not given.
+    #[arg(long)]
+    pub(crate) client_threads: Option<usize>,
     /// Database connections each target may open.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -204,6 +227,7 @@ struct Bench {
     /// Makes reservation and pool ids unique across runs on the same targets.
     session: String,
     runs: u64,
+    churn: u64,
     comparisons: Vec<Comparison>,
     _postgres: Option<EmbeddedPostgres>,
     _dir: TempDir,
@@ -233,8 +257,8 @@ impl Bench {
             (Some(url), true) => Some(url.clone()),
             (None, true) => {
                 let pg_dir = dev::scratch_postgres_dir("bench");
-                let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_dir))
-                    .await??;
+                let server =
+                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_dir)).await??;
                 let url = server.url("postgres");
                 postgres = Some(server);
                 Some(url)
@@ -263,8 +287,8 @@ impl Bench {
                     )
                 }
                 (None, Some(admin)) => {
-                    let db = targets::fresh_database(admin, &format!("bench_{}", design.name()))
-                        .await?;
+                    let db =
+                        targets::fresh_database(admin, &format!("bench_{}", design.name())).await?;
                     let mut config = format!(
                         "database_url = {db:?}\nmax_connections = {}\n",
                         args.connections
@@ -278,10 +302,25 @@ impl Bench {
                         .await??
                         .remove(0);
                         writeln!(config, "plugins = [{:?}]\nactivate_plugins = true", plugin)?;
+                        config.push_str("[entities]\n");
+                        if let Some(writers) = args.writers {
+                            writeln!(config, "writers = {writers}")?;
+                        }
+                        if let Some(window) = args.idempotency_window {
+                            let seconds = window.as_secs().max(1);
+                            writeln!(config, "idempotency_window_seconds = {seconds}")?;
+                        }
                     }
                     eprintln!("starting the {} server …", design.name());
-                    let (server, url) =
-                        Server::start(design, dir.path(), &config, &token, &client).await?;
+                    let (server, url) = Server::start(
+                        design,
+                        dir.path(),
+                        &config,
+                        &token,
+                        args.server_threads,
+                        &client,
+                    )
+                    .await?;
                     Target::new(design, url, Some(db), Some(server), client.clone(), &token)
                 }
                 (None, None) => unreachable!("a database is started for servers to start"),
@@ -293,6 +332,7 @@ impl Bench {
             targets,
             session,
             runs: 0,
+            churn: args.churn,
             comparisons: Vec::new(),
             _postgres: postgres,
             _dir: dir,
@@ -408,7 +448,12 @@ impl Bench {
         let target = &self.targets[t];
         let name = target.design.name();
         let report = load::run(&target.caller, plan, |interval| {
-            print_row(&format!("{} …", load.name()), name, interval, target.rss_mib());
+            print_row(
+                &format!("{} …", load.name()),
+                name,
+                interval,
+                target.rss_mib(),
+            );
         })
         .await;
         print_row(load.name(), name, &report, target.rss_mib());
@@ -437,36 +482,48 @@ impl Bench {
         .collect();
         let base = target.url.clone();
         let run = format!("{}-{}", self.session, self.runs);
+        let churn = if warm_up > 0 { 0 } else { self.churn };
+        // Every `stride`-th request writes; the rest of a mixed load reads.
+        let stride = match load {
+            Load::Mixed if warm_up > 0 => warm_up,
+            Load::Mixed => 4,
+            _ => 1,
+        };
         Arc::new(move |i| {
             let n = pools.len() as u64;
             // Warming up visits every pool in turn; the load picks at random.
-            let (pool, id) = if warm_up > 0 {
-                &pools[((i / warm_up) % n) as usize]
-            } else {
-                &pools[(load::spread(i) % n) as usize]
+            let pick = |i: u64| match i.checked_div(warm_up) {
+                Some(turn) => &pools[(turn % n) as usize],
+                None => &pools[(load::spread(i) % n) as usize],
             };
-            let read = match load {
-                Load::Spread | Load::Hot => false,
-                Load::Grid => true,
-                Load::Mixed if warm_up > 0 => i % warm_up != 0,
-                Load::Mixed => i % 4 != 0,
-            };
-            if read {
-                Shot {
+            if load == Load::Grid || i % stride != 0 {
+                let (_, id) = pick(i);
+                return Shot {
                     method: Method::GET,
                     url: format!("{base}/v1/grid?prefix={id}&limit=1"),
                     body: None,
                     pool: None,
-                }
-            } else {
-                Shot {
+                };
+            }
+            // With churn, every other write releases the reservation made
+            // `churn` reservations before, so pools stop growing.
+            let write = i / stride;
+            if churn > 0 && write % 2 == 1 && write > 2 * churn {
+                let made = (write - 2 * churn - 1) * stride;
+                let (_, id) = pick(made);
+                return Shot {
                     method: Method::POST,
-                    url: format!("{base}/v1/pools/{id}/reservations"),
-                    body: Some(format!(
-                        r#"{{"id":"r{run}-{i}","request":{{"units":1}}}}"#
-                    )),
-                    pool: Some(*pool),
-                }
+                    url: format!("{base}/v1/pools/{id}/reservations/r{run}-{made}/release"),
+                    body: None,
+                    pool: None,
+                };
+            }
+            let (pool, id) = pick(i);
+            Shot {
+                method: Method::POST,
+                url: format!("{base}/v1/pools/{id}/reservations"),
+                body: Some(format!(r#"{{"id":"r{run}-{i}","request":{{"units":1}}}}"#)),
+                pool: Some(*pool),
             }
         })
     }
@@ -498,9 +555,7 @@ impl Bench {
                     Shot {
                         method: Method::POST,
                         url: format!("{base}/v1/pools/{id}/reservations"),
-                        body: Some(format!(
-                            r#"{{"id":"s{run}-{i}","request":{{"units":1}}}}"#
-                        )),
+                        body: Some(format!(r#"{{"id":"s{run}-{i}","request":{{"units":1}}}}"#)),
                         pool: Some(*pool),
                     }
                 }),
@@ -508,7 +563,10 @@ impl Bench {
             };
             let report = load::run(&target.caller, plan, |_| {}).await;
             print_row("sellout", target.design.name(), &report, target.rss_mib());
-            let taken: u64 = pools.iter().map(|&i| target.caller.ledger.accepted(i)).sum();
+            let taken: u64 = pools
+                .iter()
+                .map(|&i| target.caller.ledger.accepted(i))
+                .sum();
             let expected = SELLOUT_UNITS * SELLOUT_POOLS as u64;
             let refused = report.rejected.get("quota_exhausted").copied().unwrap_or(0);
             if taken > expected {
@@ -531,8 +589,9 @@ impl Bench {
     }
 
     /// Finds, for each load and target, the highest rate whose p99 stays
-    /// within the objective with under 0.1 % errors: up by half while it
-    /// does, then halving the gap to the first rate that did not.
+    /// within the objective with under 0.1 % errors (in one of two tries):
+    /// up by half while it does, then halving the gap to the first rate that
+    /// did not.
     async fn sweep(&mut self, args: &BenchArgs) -> anyhow::Result<()> {
         for chosen in dedup(&args.sweep) {
             let (load, start, objective) = match chosen {
@@ -545,9 +604,18 @@ impl Bench {
             for t in 0..self.targets.len() {
                 let (mut rate, mut passed, mut failed) = (start, 0.0_f64, f64::INFINITY);
                 for _ in 0..args.steps {
-                    let report = self.measure(t, load, rate, args.step, None).await?;
-                    let errors = report.error_count() as f64 / report.sent.max(1) as f64;
-                    if report.ms(0.99) <= objective && errors <= 0.001 {
+                    // A step that misses is run once more: one stall of a
+                    // shared machine should not decide a target's capacity.
+                    let mut within = false;
+                    for _ in 0..2 {
+                        let report = self.measure(t, load, rate, args.step, None).await?;
+                        let errors = report.error_count() as f64 / report.sent.max(1) as f64;
+                        within = report.ms(0.99) <= objective && errors <= 0.001;
+                        if within {
+                            break;
+                        }
+                    }
+                    if within {
                         passed = passed.max(rate);
                     } else {
                         failed = failed.min(rate);
@@ -588,7 +656,7 @@ impl Bench {
             write!(header, " {name:>12}").expect("writing to a string");
         }
         if names.len() == 2 {
-            write!(header, "  {:>22}", format!("{} vs {}", names[0], names[1]))
+            write!(header, "  {:>14}", format!("{}'s edge", names[0]))
                 .expect("writing to a string");
         }
         println!("{header}");
@@ -602,17 +670,23 @@ impl Bench {
                 write!(line, " {shown:>12}").expect("writing to a string");
             }
             if let [a, b] = row.figures[..] {
-                let ratio = if row.higher_is_better { a / b } else { b / a };
-                let verdict = if !ratio.is_finite() || a == 0.0 && b == 0.0 {
-                    "-".to_owned()
-                } else if row.higher_is_better {
-                    format!("{ratio:.1}× higher")
+                // How many times better the first target is: a higher rate,
+                // or a lower latency.
+                let edge = if row.higher_is_better { a / b } else { b / a };
+                let shown = if edge.is_finite() && edge > 0.0 {
+                    format!("{edge:.1}×")
                 } else {
-                    format!("{ratio:.1}× lower")
+                    "-".to_owned()
                 };
-                write!(line, "  {verdict:>22}").expect("writing to a string");
+                write!(line, "  {shown:>14}").expect("writing to a string");
             }
             println!("{line}");
+        }
+        if names.len() == 2 {
+            println!(
+                "(edge: how many times {0}'s rate is higher, or its p99 lower, than {1}'s)",
+                names[0], names[1]
+            );
         }
     }
 
@@ -655,10 +729,10 @@ impl Bench {
 
     async fn stop(self) {
         for target in self.targets {
-            if let Some(server) = target.server {
-                if let Err(e) = server.stop().await {
-                    eprintln!("stopping {}: {e:#}", target.design.name());
-                }
+            if let Some(server) = target.server
+                && let Err(e) = server.stop().await
+            {
+                eprintln!("stopping {}: {e:#}", target.design.name());
             }
         }
     }

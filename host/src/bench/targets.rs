@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
-use sqlx::Connection;
+use sqlx::{ConnectOptions as _, Connection};
 use tokio::process::{Child, Command};
 
 use super::load::{Caller, Ledger};
@@ -49,6 +49,7 @@ impl Server {
         dir: &Path,
         config: &str,
         token: &str,
+        threads: Option<usize>,
         client: &Client,
     ) -> anyhow::Result<(Self, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -62,6 +63,9 @@ impl Server {
         command.arg("serve").arg("--config").arg(&path);
         if design == Design::Baseline {
             command.arg("--baseline");
+        }
+        if let Some(threads) = threads {
+            command.env("TOKIO_WORKER_THREADS", threads.max(1).to_string());
         }
         let child = command
             .env("ALLOT_TOKENS", format!("bench=operator:{token}"))
@@ -265,7 +269,11 @@ impl Target {
         let Some(url) = &self.database_url else {
             bail!("no database URL to check {} against", self.design.name());
         };
-        let mut conn = sqlx::PgConnection::connect(url).await?;
+        // The check reads every event once; it is slow by nature, and says so.
+        let options = url
+            .parse::<sqlx::postgres::PgConnectOptions>()?
+            .disable_statement_logging();
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
         // Per pool: capacity, units held by live reservations, the count
         // kept beside them (the baseline's counter; Allot's is the sum),
         // reservations recorded, and distinct reservation ids among them.

@@ -54,7 +54,7 @@ enum Subcommands {
     Grid(client::GridArgs),
     /// Measure Allot against the classical design (a counter row per pool
     /// in PostgreSQL) over HTTP, side by side, with open-loop load.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Where the API is and who is calling: for the commands that talk to a node.
@@ -74,10 +74,15 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Subcommands::Plugins(command) if command.is_local() => plugins::run(command),
         command => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(run_async(command))
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            // The load generator's runtime is sized on its own, so that it
+            // leaves the cores to the systems it measures.
+            if let Subcommands::Bench(args) = &command
+                && let Some(threads) = args.client_threads
+            {
+                runtime.worker_threads(threads.max(1));
+            }
+            runtime.enable_all().build()?.block_on(run_async(command))
         }
     }
 }
@@ -94,7 +99,7 @@ async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
         Subcommands::Confirm(args) => client::reservation_verb("confirm", args).await,
         Subcommands::Reservation(args) => client::reservation(args).await,
         Subcommands::Grid(args) => client::grid(args).await,
-        Subcommands::Bench(args) => crate::bench::run(args).await,
+        Subcommands::Bench(args) => crate::bench::run(*args).await,
     }
 }
 

@@ -8,6 +8,7 @@
 //! nothing unpersisted is ever visible.
 
 mod history;
+mod remembered;
 mod replay;
 mod runtime;
 mod shadow;

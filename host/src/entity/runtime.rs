@@ -35,6 +35,9 @@ pub struct Settings {
     pub writers: usize,
     /// Most pools' batches written in one transaction.
     pub max_group: usize,
+    /// How long the first outcome of a keyed command is kept: a retry
+    /// within it gets that outcome; memory follows commands per window.
+    pub idempotency_window: Duration,
 }
 
 impl Default for Settings {
@@ -44,8 +47,9 @@ impl Default for Settings {
             max_batch: 512,
             snapshot_every: 1000,
             idle_after: Duration::from_secs(600),
-            writers: 2,
+            writers: 1,
             max_group: 256,
+            idempotency_window: Duration::from_secs(3600),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
+use super::remembered::Remembered;
 use super::replay::{ReplayError, replay};
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
@@ -42,8 +43,9 @@ struct Entity {
     refused: Option<(String, String)>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
-    /// The outcome of every keyed command that took effect.
-    outcomes: HashMap<String, Outcome>,
+    /// The outcome of every keyed command that took effect within the
+    /// idempotency window.
+    outcomes: Remembered,
     /// The plugin-call histogram of this pool's capacity type, looked up once.
     decide_seconds: Histogram,
 }
@@ -239,8 +241,8 @@ impl Entity {
                 return Err(fail(id, reason));
             }
         };
-        let outcomes = journal
-            .command_outcomes(id)
+        let outcomes: Vec<(String, Outcome)> = journal
+            .command_outcomes(id, runtime.settings.idempotency_window)
             .await?
             .into_iter()
             .map(
@@ -254,6 +256,7 @@ impl Entity {
             )
             .filter(|entry| entry.as_ref().map_or(true, |(_, o)| o.is_accepted()))
             .collect::<Result<_>>()?;
+        let outcomes = Remembered::new(runtime.settings.idempotency_window, outcomes);
         if record.failed_reason.is_some() {
             tracing::info!("pool failed under another plugin version, and this one replays it");
             journal.clear_failed(id).await?;
@@ -427,12 +430,12 @@ impl Entity {
                     return Err(error);
                 }
             }
-            self.outcomes.extend(
-                fresh
-                    .into_iter()
-                    .filter(|(_, (_, outcome))| outcome.is_accepted())
-                    .map(|(key, (_, outcome))| (key, outcome)),
-            );
+            self.outcomes.expire();
+            for (key, (_, outcome)) in fresh {
+                if outcome.is_accepted() {
+                    self.outcomes.insert(key, outcome);
+                }
+            }
         }
         for (reply, outcome) in answers {
             let _ = reply.send(Ok(outcome));

@@ -388,7 +388,11 @@ impl Journal {
         let mut events = EventColumns::default();
         let mut commands = CommandColumns::default();
         let mut views = ViewColumns::default();
-        for (batch, _) in batches.iter().zip(results.iter()).filter(|(_, r)| r.is_none()) {
+        for (batch, _) in batches
+            .iter()
+            .zip(results.iter())
+            .filter(|(_, r)| r.is_none())
+        {
             group.push(batch);
             events.push(batch);
             commands.push(batch);
@@ -433,21 +437,23 @@ impl Journal {
             if result.is_some() {
                 continue;
             }
-            *result = Some(match verdicts.get(batch.pool.as_str()).map(String::as_str) {
-                Some("written") => Ok(batch.end()),
-                Some("fenced") => {
-                    let fence = batch.fence.expect("only fenced batches are fenced");
-                    Err(Error::Fenced {
-                        shard: fence.shard,
-                        epoch: fence.epoch,
-                    })
-                }
-                Some("behind") => Err(Error::Conflict {
-                    pool: batch.pool.clone(),
-                    expected: batch.expected,
-                }),
-                _ => Err(Error::UnknownPool(batch.pool.clone())),
-            });
+            *result = Some(
+                match verdicts.get(batch.pool.as_str()).map(String::as_str) {
+                    Some("written") => Ok(batch.end()),
+                    Some("fenced") => {
+                        let fence = batch.fence.expect("only fenced batches are fenced");
+                        Err(Error::Fenced {
+                            shard: fence.shard,
+                            epoch: fence.epoch,
+                        })
+                    }
+                    Some("behind") => Err(Error::Conflict {
+                        pool: batch.pool.clone(),
+                        expected: batch.expected,
+                    }),
+                    _ => Err(Error::UnknownPool(batch.pool.clone())),
+                },
+            );
         }
         Ok(())
     }
@@ -640,11 +646,17 @@ impl Journal {
     }
 
     /// Every recorded command outcome of the pool, by key.
-    pub async fn command_outcomes(&self, id: &PoolId) -> Result<Vec<(String, Json)>> {
+    pub async fn command_outcomes(
+        &self,
+        id: &PoolId,
+        within: std::time::Duration,
+    ) -> Result<Vec<(String, Json)>> {
         let rows = sqlx::query(
-            "SELECT idempotency_key, outcome::text AS outcome FROM commands WHERE pool_id = $1",
+            "SELECT idempotency_key, outcome::text AS outcome FROM commands
+             WHERE pool_id = $1 AND recorded_at > now() - make_interval(secs => $2)",
         )
         .bind(id.as_str())
+        .bind(within.as_secs_f64())
         .fetch_all(&self.db)
         .await?;
         rows.into_iter()

@@ -71,6 +71,12 @@ pub struct EntityConfig {
     pub snapshot_every: u64,
     /// Seconds without a command after which a pool is passivated.
     pub idle_after_seconds: u64,
+    /// Group-commit writers: appends in flight at once, each carrying the
+    /// batches of every pool that queued meanwhile.
+    pub writers: usize,
+    /// Seconds a retry of a keyed command (a reservation id, an
+    /// idempotency key) gets its first outcome.
+    pub idempotency_window_seconds: u64,
 }
 
 impl Default for EntityConfig {
@@ -81,6 +87,8 @@ impl Default for EntityConfig {
             max_batch: settings.max_batch,
             snapshot_every: settings.snapshot_every,
             idle_after_seconds: settings.idle_after.as_secs(),
+            writers: settings.writers,
+            idempotency_window_seconds: settings.idempotency_window.as_secs(),
         }
     }
 }
@@ -92,6 +100,10 @@ impl EntityConfig {
             max_batch: self.max_batch.max(1),
             snapshot_every: self.snapshot_every.max(1),
             idle_after: std::time::Duration::from_secs(self.idle_after_seconds.max(1)),
+            writers: self.writers.max(1),
+            idempotency_window: std::time::Duration::from_secs(
+                self.idempotency_window_seconds.max(1),
+            ),
             ..entity::Settings::default()
         }
     }

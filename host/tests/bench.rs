@@ -1,0 +1,84 @@
+//! `allot bench` as a smoke test: every scenario, briefly and at low rates,
+//! against both targets started by the benchmark itself. Timings are not
+//! checked here (that is what the benchmark is for); that it runs, prints
+//! its table and passes its own correctness check is.
+
+use std::process::Command;
+
+#[test]
+fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
+    let output = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args([
+            "bench",
+            "--duration",
+            "1s",
+            "--step",
+            "1s",
+            "--steps",
+            "2",
+            "--pools",
+            "20",
+            "--write-rate",
+            "100",
+            "--read-rate",
+            "300",
+            "--mixed-rate",
+            "200",
+            "--churn",
+            "20",
+        ])
+        .output()
+        .expect("allot bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "allot bench failed:\n{stdout}\n{stderr}"
+    );
+    for scenario in ["spread", "hot", "grid", "mixed", "sellout"] {
+        for target in ["allot", "baseline"] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(scenario) && l.contains(target)),
+                "no {scenario} row for {target}:\n{stdout}"
+            );
+        }
+    }
+    for row in [
+        "spread rate, p99",
+        "hot rate, p99",
+        "grid rate, p99",
+        "mixed rate, p99",
+    ] {
+        assert!(stdout.contains(row), "no `{row}` comparison:\n{stdout}");
+    }
+    for target in ["allot", "baseline"] {
+        assert!(
+            stdout.contains(&format!("{target}: checked")),
+            "{target} was not checked:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+}
+
+#[test]
+fn bad_benchmark_arguments_are_refused_before_anything_starts() {
+    for (args, expected) in [
+        (
+            &["--write-rate", "0"][..],
+            "--write-rate must be a positive",
+        ),
+        (&["--duration", "soon"][..], "is not a duration"),
+        (&["--scenarios", "everything"][..], "invalid value"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_allot"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("allot bench runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
