@@ -37,6 +37,7 @@ pub mod api;
 pub mod baseline;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod dev;
 pub mod entity;
 pub mod ids;

@@ -43,6 +43,13 @@ pub struct ShadowLabels {
     pub result: &'static str,
 }
 
+/// Labels of a forwarded request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// `answered`, `not_owner` or `failed`.
+    pub result: &'static str,
+}
+
 /// Every metric Allot exports.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +73,14 @@ pub struct Metrics {
     pub read_model_lag: Histogram,
     /// Decisions of shadowing versions, by whether they agreed.
     pub shadow_decisions: Family<ShadowLabels, Counter>,
+    /// Shard leases this node holds.
+    pub cluster_shards_held: Gauge,
+    /// Nodes with a fresh heartbeat, as this node last saw.
+    pub cluster_nodes_live: Gauge,
+    /// Leases this node found taken by another node at renewal.
+    pub cluster_leases_lost: Counter,
+    /// Commands and reads sent on to the owner of their pool, by result.
+    pub forwarded: Family<ForwardLabels, Counter>,
 }
 
 /// Latencies from 50 µs to about 13 s.
@@ -106,6 +121,10 @@ impl Metrics {
             read_model_pools: Gauge::default(),
             read_model_lag: latency(),
             shadow_decisions: Family::default(),
+            cluster_shards_held: Gauge::default(),
+            cluster_nodes_live: Gauge::default(),
+            cluster_leases_lost: Counter::default(),
+            forwarded: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +176,26 @@ impl Metrics {
             "allot_shadow_decisions",
             "Decisions of shadowing plugin versions, by capacity type and whether they agreed",
             metrics.shadow_decisions.clone(),
+        );
+        registry.register(
+            "allot_cluster_shards_held",
+            "Shard leases this node holds",
+            metrics.cluster_shards_held.clone(),
+        );
+        registry.register(
+            "allot_cluster_nodes_live",
+            "Nodes with a fresh heartbeat, as this node last saw",
+            metrics.cluster_nodes_live.clone(),
+        );
+        registry.register(
+            "allot_cluster_leases_lost",
+            "Leases this node found taken by another node when renewing",
+            metrics.cluster_leases_lost.clone(),
+        );
+        registry.register(
+            "allot_forwarded_requests",
+            "Commands and reads sent on to the node owning their pool, by result",
+            metrics.forwarded.clone(),
         );
         Self {
             registry,

@@ -813,6 +813,8 @@ async fn node_routes_and_openapi_document() {
         "allot_journal_append_duration_seconds",
         "allot_plugin_call_duration_seconds",
         "allot_read_model_lag_seconds",
+        "allot_cluster_shards_held",
+        "allot_cluster_nodes_live",
     ] {
         assert!(metrics.contains(family), "{family} missing");
     }
@@ -822,7 +824,7 @@ async fn node_routes_and_openapi_document() {
     let document = document.ok(200).clone();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 20);
+    assert_eq!(paths.len(), 21);
     for (path, operations) in paths {
         for method in operations.as_object().unwrap().keys() {
             let concrete = path.replace("{pool}", "p1").replace("{reservation}", "r1");

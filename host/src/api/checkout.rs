@@ -104,7 +104,7 @@ pub(super) async fn run(
         idempotency_key,
         deadline: meta.deadline,
     };
-    Ok(state.runtime.execute(pool, request).await?)
+    super::route::execute(state, pool, request).await
 }
 
 /// Reserve capacity.

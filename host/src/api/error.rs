@@ -1,12 +1,15 @@
 //! Every error of the API becomes a JSON problem (RFC 9457) with a stable
 //! `code`, here and nowhere else. Internal details are logged, never sent.
 
+use std::borrow::Cow;
+
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::cluster::WireProblem;
 use crate::entity;
 use crate::ids::InvalidId;
 use crate::journal;
@@ -39,7 +42,7 @@ pub struct ProblemBody {
 pub struct ApiError {
     status: StatusCode,
     code: String,
-    title: &'static str,
+    title: Cow<'static, str>,
     detail: String,
     retryable: bool,
 }
@@ -49,7 +52,7 @@ impl ApiError {
         Self {
             status,
             code: code.to_owned(),
-            title,
+            title: Cow::Borrowed(title),
             detail: detail.into(),
             retryable: false,
         }
@@ -130,6 +133,17 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Unavailable", detail).retryable()
     }
 
+    /// 502: a node this one passed the command to did not answer, after the
+    /// command may have reached it.
+    pub fn outcome_unknown(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "outcome_unknown",
+            "Outcome unknown",
+            detail,
+        )
+    }
+
     /// 500, with the cause logged and not sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!("internal error: {cause}");
@@ -145,13 +159,36 @@ impl ApiError {
     pub fn code(&self) -> &str {
         &self.code
     }
+
+    /// The problem as it travels between nodes.
+    pub(crate) fn to_wire(&self) -> WireProblem {
+        WireProblem {
+            status: self.status.as_u16(),
+            code: self.code.clone(),
+            title: self.title.to_string(),
+            detail: self.detail.clone(),
+            retryable: self.retryable,
+        }
+    }
+
+    /// A problem another node answered with, passed on as it is.
+    pub(crate) fn from_wire(problem: WireProblem) -> Self {
+        Self {
+            status: StatusCode::from_u16(problem.status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: problem.code,
+            title: Cow::Owned(problem.title),
+            detail: problem.detail,
+            retryable: problem.retryable,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ProblemBody {
             kind: format!("urn:allot:problem:{}", self.code),
-            title: self.title.to_owned(),
+            title: self.title.into_owned(),
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code,
@@ -199,6 +236,10 @@ impl From<entity::Error> for ApiError {
                  idempotency key, which never takes effect twice",
             ),
             E::ShuttingDown => Self::unavailable("shutting_down", "this node is shutting down"),
+            E::NotOwner(shard) => Self::unavailable(
+                "not_owner",
+                format!("shard {shard} is moving between nodes; retry shortly"),
+            ),
             E::PoolFailed { pool, reason } => {
                 tracing::error!(%pool, "pool failed: {reason}");
                 Self::new(

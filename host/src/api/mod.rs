@@ -13,6 +13,7 @@ mod node;
 mod openapi;
 mod plugins;
 mod pools;
+mod route;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The plugin registry.
     pub registry: crate::registry::Registry,
+    /// This node's part in the cluster: who owns which pool.
+    pub cluster: crate::cluster::Cluster,
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -105,6 +108,7 @@ pub fn router(state: AppState) -> Router {
             post(checkout::confirm),
         )
         .route("/grid", get(grid::grid))
+        .route("/cluster", get(node::cluster))
         .route("/capacity-types", get(node::capacity_types))
         .route(
             "/capacity-types/{capacity_type}/activate",
@@ -132,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         );
     Router::new()
         .nest("/v1", v1)
+        .route(crate::cluster::FORWARD_PATH, post(route::forwarded))
         .route("/healthz", get(node::health))
         .route("/readyz", get(node::ready))
         .route("/metrics", get(node::metrics))

@@ -122,3 +122,29 @@ pub async fn capacity_types(
             .collect(),
     ))
 }
+
+/// The cluster as this node sees it: every registered node, whether its
+/// heartbeat is fresh, and how many shards each holds.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "node",
+    responses(
+        (status = 200, description = "The cluster's nodes", body = crate::cluster::Status),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<crate::cluster::Status>, ApiError> {
+    caller.require(ANYONE)?;
+    let status = state
+        .cluster
+        .status()
+        .await
+        .map_err(|e| ApiError::from(crate::journal::Error::Database(e)))?;
+    Ok(axum::Json(status))
+}

@@ -31,6 +31,7 @@ use super::{checkout, grid, node, plugins, pools};
         node::ready,
         node::metrics,
         node::capacity_types,
+        node::cluster,
         plugins::versions,
         plugins::upload,
         plugins::activate,

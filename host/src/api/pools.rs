@@ -202,7 +202,7 @@ pub async fn show(
 ) -> Result<axum::Json<PoolState>, ApiError> {
     caller.require(ANYONE)?;
     let pool = pool_id(&pool)?;
-    let (seq_nr, view) = state.runtime.view(&pool, meta.deadline).await?;
+    let (seq_nr, view) = super::route::view(&state, &pool, meta.deadline).await?;
     let capacity_type = match state.read_model.get(&pool) {
         Some(held) => held.capacity_type.clone(),
         None => state.runtime.journal().pool(&pool).await?.capacity_type,

@@ -101,7 +101,9 @@ pub struct BenchArgs {
     /// create databases); without it, an embedded PostgreSQL is started.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
-    /// Measure an Allot that is already running here instead of starting one.
+    /// Measure an Allot that is already running here instead of starting
+    /// one; for a cluster, every node's URL, comma-separated: requests go to
+    /// them in turn.
     #[arg(long, requires = "token")]
     allot_url: Option<String>,
     /// Its database, for the final check.
@@ -279,7 +281,9 @@ impl Bench {
                     let token = args.token.as_deref().context("--token is needed")?;
                     Target::new(
                         design,
-                        url.trim_end_matches('/').to_owned(),
+                        url.split(',')
+                            .map(|u| u.trim().trim_end_matches('/').to_owned())
+                            .collect(),
                         given_db.clone(),
                         None,
                         client.clone(),
@@ -321,7 +325,14 @@ impl Bench {
                         &client,
                     )
                     .await?;
-                    Target::new(design, url, Some(db), Some(server), client.clone(), &token)
+                    Target::new(
+                        design,
+                        vec![url],
+                        Some(db),
+                        Some(server),
+                        client.clone(),
+                        &token,
+                    )
                 }
                 (None, None) => unreachable!("a database is started for servers to start"),
             };
@@ -480,7 +491,7 @@ impl Bench {
         .into_iter()
         .map(|i| (i, target.pool(i).to_owned()))
         .collect();
-        let base = target.url.clone();
+        let bases = target.urls.clone();
         let run = format!("{}-{}", self.session, self.runs);
         let churn = if warm_up > 0 { 0 } else { self.churn };
         // Every `stride`-th request writes; the rest of a mixed load reads.
@@ -490,6 +501,7 @@ impl Bench {
             _ => 1,
         };
         Arc::new(move |i| {
+            let base = &bases[(i % bases.len() as u64) as usize];
             let n = pools.len() as u64;
             // Warming up visits every pool in turn; the load picks at random.
             let pick = |i: u64| match i.checked_div(warm_up) {
@@ -542,7 +554,7 @@ impl Bench {
             let run = format!("{}-{}", self.session, self.runs);
             self.runs += 1;
             let target = &self.targets[t];
-            let base = target.url.clone();
+            let bases = target.urls.clone();
             let named: Vec<(usize, String)> = pools
                 .iter()
                 .map(|&i| (i, target.pool(i).to_owned()))
@@ -551,6 +563,7 @@ impl Bench {
                 rate,
                 duration: Duration::from_secs_f64(offered as f64 / rate),
                 shot: Arc::new(move |i| {
+                    let base = &bases[(i % bases.len() as u64) as usize];
                     let (pool, id) = &named[(i % named.len() as u64) as usize];
                     Shot {
                         method: Method::POST,

@@ -167,8 +167,8 @@ pub async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<Strin
 pub struct Target {
     /// Its design.
     pub design: Design,
-    /// Its API.
-    pub url: String,
+    /// Its API: one node's, or every node's of a cluster, sent to in turn.
+    pub urls: Vec<String>,
     /// Its database, for the final check; none when it was not given.
     pub database_url: Option<String>,
     /// The process, when this benchmark started it.
@@ -184,10 +184,10 @@ pub struct Target {
 const MAX_POOLS: usize = 100_000;
 
 impl Target {
-    /// A target at `url`.
+    /// A target at `urls` (the nodes of one system).
     pub fn new(
         design: Design,
-        url: String,
+        urls: Vec<String>,
         database_url: Option<String>,
         server: Option<Server>,
         client: Client,
@@ -195,7 +195,7 @@ impl Target {
     ) -> Self {
         Self {
             design,
-            url,
+            urls,
             database_url,
             server,
             caller: Caller {
@@ -225,7 +225,7 @@ impl Target {
                 tasks.join_next().await.expect("a task is running")??;
             }
             let (client, token) = (self.caller.client.clone(), self.caller.token.clone());
-            let url = format!("{}/v1/pools", self.url);
+            let url = format!("{}/v1/pools", self.urls[index % self.urls.len()]);
             let body = json!({
                 "id": id,
                 "capacity_type": "quota",

@@ -12,14 +12,18 @@ use super::plugins::{BUNDLED, build};
 use crate::api::TokenConfig;
 use crate::dev;
 use crate::ids::PoolId;
-use crate::node::{Config, Node};
+use crate::node::{ClusterConfig, Config, Node};
 use crate::sandbox::Role;
 
 #[derive(Args)]
 pub(super) struct DevArgs {
-    /// The port the API listens on (loopback only).
+    /// The port the API listens on (loopback only); with `--nodes`, the
+    /// first node's, and the others take the ports after it.
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Nodes to run as one cluster on the one PostgreSQL.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: u16,
     /// Start from an empty database: delete the dev PostgreSQL's data first.
     #[arg(long)]
     fresh: bool,
@@ -42,6 +46,15 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
         std::fs::remove_dir_all(&data_dir)?;
     }
     eprintln!("starting PostgreSQL (data in {}) …", data_dir.display());
+    if u32::from(args.port) + u32::from(args.nodes) > 65536 {
+        anyhow::bail!(
+            "--port {} leaves no room for {} nodes",
+            args.port,
+            args.nodes
+        );
+    }
+    // The nodes of a dev cluster forward to each other with this secret.
+    let secret = uuid::Uuid::new_v4().simple().to_string();
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
         data_dir: Some(data_dir),
@@ -55,9 +68,29 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
                 token: (*token).to_owned(),
             })
             .collect(),
+        cluster: ClusterConfig {
+            node_id: Some("dev-1".to_owned()),
+            secret: Some(secret.clone()),
+            ..ClusterConfig::default()
+        },
         ..Config::default()
     };
-    let node = Node::start(config).await?;
+    // The first node runs PostgreSQL; the others use it.
+    let node = Node::start(config.clone()).await?;
+    let mut others = Vec::new();
+    for n in 1..args.nodes {
+        let config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], args.port + n)),
+            data_dir: None,
+            database_url: node.embedded_database_url(),
+            cluster: ClusterConfig {
+                node_id: Some(format!("dev-{}", n + 1)),
+                ..config.cluster.clone()
+            },
+            ..config.clone()
+        };
+        others.push(Node::start(config).await?);
+    }
 
     let tomorrow = (OffsetDateTime::now_utc() + Duration::days(1)).date();
     let mut pools = Vec::new();
@@ -76,6 +109,14 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
         "Allot is running at {url}  (ready in {:.1} s)",
         started.elapsed().as_secs_f64()
     );
+    if !others.is_empty() {
+        println!("Every node serves the whole API; the cluster:");
+        println!("  dev-1  {url}");
+        for (n, other) in others.iter().enumerate() {
+            println!("  dev-{}  {}", n + 2, other.url());
+        }
+        println!("  curl -H 'Authorization: Bearer dev-operator-token' {url}/v1/cluster");
+    }
     println!();
     println!("Tokens (send as `Authorization: Bearer <token>`):");
     for (name, _, token) in TOKENS {
@@ -116,8 +157,19 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
     }
     watcher.abort();
     eprintln!("shutting down …");
+    // The others first: the first node runs PostgreSQL.
+    stop_all(others).await;
     node.stop().await;
     Ok(true)
+}
+
+/// Stops nodes at once, each handing its shards to the ones still running.
+async fn stop_all(nodes: Vec<Node>) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for node in nodes {
+        stopping.spawn(node.stop());
+    }
+    while stopping.join_next().await.is_some() {}
 }
 
 /// A handful of pools of each bundled type, for tomorrow.

@@ -22,11 +22,11 @@ use crate::journal;
 use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
 pub use history::Point;
-pub use runtime::{Runtime, Settings, ViewSink};
+pub use runtime::{Fencing, Runtime, Settings, ViewSink};
 pub use shadow::{Disagreement, ShadowReport};
 
 /// A command for a pool, with what the host needs to run it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Request {
     /// What the plugin is told.
     pub context: Context,
@@ -141,6 +141,10 @@ pub enum Error {
     /// The runtime is shutting down.
     #[error("this node is shutting down")]
     ShuttingDown,
+    /// This node does not hold the lease of the pool's shard (any more):
+    /// the command was not decided here, and goes to the shard's owner.
+    #[error("this node does not own shard {0}")]
+    NotOwner(u32),
 }
 
 impl Error {
@@ -148,7 +152,10 @@ impl Error {
     /// idempotency key, so that it never takes effect twice).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Overloaded(_) | Error::DeadlinePassed | Error::ShuttingDown => true,
+            Error::Overloaded(_)
+            | Error::DeadlinePassed
+            | Error::ShuttingDown
+            | Error::NotOwner(_) => true,
             Error::Plugin(e) => e.is_retryable(),
             Error::Journal(e) => e.is_retryable(),
             _ => false,

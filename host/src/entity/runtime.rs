@@ -15,7 +15,7 @@ use super::shadow::{Shadow, ShadowReport};
 use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Committer, Journal};
+use crate::journal::{self, Committer, Fence, Journal};
 use crate::metrics::metrics;
 use crate::sandbox::{Plugin, PoolInstance, View};
 
@@ -75,7 +75,13 @@ pub(super) struct Inner {
     shutting_down: AtomicBool,
     /// Where entities send the views they have just appended.
     pub(super) view_sink: std::sync::OnceLock<ViewSink>,
+    /// The shard leases this node holds, when it is part of a cluster.
+    fencing: std::sync::OnceLock<Fencing>,
 }
+
+/// Tells the lease epoch this node holds for a shard, or `None` when it
+/// holds none: then no entity of the shard may start here.
+pub type Fencing = Arc<dyn Fn(u32) -> Option<i64> + Send + Sync>;
 
 /// Takes each view an entity has appended: the pool, its capacity type, the
 /// seq the view is as of, and the view.
@@ -102,6 +108,7 @@ impl Runtime {
                 generations: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 view_sink: std::sync::OnceLock::new(),
+                fencing: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -110,6 +117,37 @@ impl Runtime {
     /// model, which then need not read its own writes back). Set once.
     pub fn publish_views_to(&self, sink: ViewSink) {
         let _ = self.inner.view_sink.set(sink);
+    }
+
+    /// Starts entities only for shards whose lease `fencing` names, and
+    /// makes them append under that lease epoch. Set once; without it every
+    /// pool may run here and appends are not fenced (a single node).
+    pub fn fence_with(&self, fencing: Fencing) {
+        let _ = self.inner.fencing.set(fencing);
+    }
+
+    /// Lets the live entities of these shards finish what is queued and
+    /// passivate, and waits for them. Entities of the shards start again
+    /// only if [`Runtime::fence_with`]'s lookup names a lease for them.
+    pub async fn stop_shards(&self, shards: &std::collections::HashSet<u32>) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut entities = self.inner.entities.lock().expect("entity table");
+            let pools: Vec<PoolId> = entities
+                .keys()
+                .filter(|pool| shards.contains(&pool.shard()))
+                .cloned()
+                .collect();
+            let tasks = pools
+                .iter()
+                .filter_map(|pool| entities.remove(pool))
+                .map(|handle| handle.task)
+                .collect();
+            metrics().active_pools.set(entities.len() as i64);
+            tasks
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// The journal.
@@ -291,7 +329,15 @@ impl Runtime {
         // which is replaced by a fresh entity once.
         for _ in 0..2 {
             if !entities.contains_key(pool) {
-                entities.insert(pool.clone(), self.spawn(pool.clone()));
+                let fence = match self.inner.fencing.get() {
+                    None => None,
+                    Some(fencing) => {
+                        let shard = pool.shard();
+                        let epoch = fencing(shard).ok_or(Error::NotOwner(shard))?;
+                        Some(Fence { shard, epoch })
+                    }
+                };
+                entities.insert(pool.clone(), self.spawn(pool.clone(), fence));
                 metrics().active_pools.set(entities.len() as i64);
             }
             let handle = entities.get(pool).expect("just inserted");
@@ -309,10 +355,10 @@ impl Runtime {
         Err(Error::ShuttingDown)
     }
 
-    fn spawn(&self, pool: PoolId) -> Handle {
+    fn spawn(&self, pool: PoolId, fence: Option<Fence>) -> Handle {
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
         let (mailbox, inbox) = mpsc::channel(self.inner.settings.mailbox);
-        let task = tokio::spawn(run(self.inner.clone(), pool, generation, inbox));
+        let task = tokio::spawn(run(self.inner.clone(), pool, generation, fence, inbox));
         Handle {
             generation,
             mailbox,

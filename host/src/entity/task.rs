@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::shadow::Shadow;
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{Append, CommandRecord, NewEvent, PluginRef};
+use crate::journal::{self, Append, CommandRecord, Fence, NewEvent, PluginRef};
 use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
 
@@ -48,6 +48,9 @@ struct Entity {
     outcomes: Remembered,
     /// The plugin-call histogram of this pool's capacity type, looked up once.
     decide_seconds: Histogram,
+    /// The shard lease this entity appends under, when the node is in a
+    /// cluster: once another node takes the shard, appends are refused.
+    fence: Option<Fence>,
 }
 
 #[tracing::instrument(name = "entity", skip_all, fields(pool = %pool, generation))]
@@ -55,9 +58,10 @@ pub(super) async fn run(
     runtime: Arc<Inner>,
     pool: PoolId,
     generation: u64,
+    fence: Option<Fence>,
     mut inbox: mpsc::Receiver<Envelope>,
 ) {
-    let mut entity = match Entity::recover(&runtime, &pool).await {
+    let mut entity = match Entity::recover(&runtime, &pool, fence).await {
         Ok(entity) => entity,
         Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
     };
@@ -108,13 +112,19 @@ pub(super) async fn run(
         // rebuilt from the journal; only a history that cannot be replayed
         // marks it failed for good.
         let rebuild = match &outcome {
+            // Another node holds the shard now: this copy of the pool must
+            // not live on. What is queued goes back to be routed anew.
+            Err(journal::Error::Fenced { shard, .. }) => {
+                let error = Error::NotOwner(*shard);
+                return refuse_all(&runtime, &pool, generation, inbox, error).await;
+            }
             Err(error) => Some(format!("append failed: {error}")),
             Ok(()) if entity.live.is_failed() => Some("its instance failed".to_owned()),
             Ok(()) => None,
         };
         if let Some(why) = rebuild {
             tracing::warn!("{why}; rebuilding from the journal");
-            entity = match Entity::recover(&runtime, &pool).await {
+            entity = match Entity::recover(&runtime, &pool, fence).await {
                 Ok(entity) => entity,
                 Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
             };
@@ -167,6 +177,7 @@ fn same_error(error: &Error) -> Error {
             reason: reason.clone(),
         },
         Error::Journal(e) => Error::Journal(e.duplicate()),
+        Error::NotOwner(shard) => Error::NotOwner(*shard),
         other => Error::Journal(crate::journal::Error::Database(sqlx::Error::Protocol(
             other.to_string(),
         ))),
@@ -176,7 +187,7 @@ fn same_error(error: &Error) -> Error {
 impl Entity {
     /// Latest usable snapshot + later events; without a usable snapshot, the
     /// config + every event.
-    async fn recover(runtime: &Inner, id: &PoolId) -> Result<Self> {
+    async fn recover(runtime: &Inner, id: &PoolId, fence: Option<Fence>) -> Result<Self> {
         let journal = &runtime.journal;
         let record = journal.pool(id).await.map_err(|e| match e {
             crate::journal::Error::UnknownPool(id) => Error::UnknownPool(id),
@@ -291,6 +302,7 @@ impl Entity {
             seq,
             snapshot_seq,
             outcomes,
+            fence,
         })
     }
 
@@ -411,7 +423,7 @@ impl Entity {
                     .as_ref()
                     .map(|v| serde_json::value::to_raw_value(v).expect("views serialize")),
                 capacity_type: self.capacity_type.clone(),
-                fence: None,
+                fence: self.fence,
             };
             match runtime.committer.append(append).await {
                 Ok(end) => {

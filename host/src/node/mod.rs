@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState, TokenConfig, TokenError, Tokens};
+use crate::cluster::{self, Cluster};
 use crate::entity::{self, Runtime};
 use crate::journal::{self, Journal};
 use crate::pg::{self, EmbeddedPostgres};
@@ -54,9 +55,97 @@ pub struct Config {
     #[serde(default)]
     pub entities: EntityConfig,
     /// Seconds between turning readiness off and closing the listener when
-    /// the node stops, so that load balancers stop sending first.
+    /// the node stops, so that load balancers stop sending first. The node
+    /// has handed its shards over by then and forwards what still arrives.
     #[serde(default)]
     pub drain_seconds: u64,
+    /// How this node takes part in a cluster.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section. A node alone is a cluster of one; several
+/// nodes on one database share its pools.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster and the same across restarts.
+    /// Default: `node-<port>`.
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this node's API. Default: `http://` and
+    /// the listen address (which must then not be a wildcard).
+    pub advertise_url: Option<String>,
+    /// The secret nodes forward commands to each other with: the same on
+    /// every node, and never a user's token. Needed with more than one node.
+    pub secret: Option<String>,
+    /// Milliseconds a shard lease lasts without renewal: a crashed node's
+    /// pools move to the others after about this long.
+    pub lease_ms: u64,
+    /// Milliseconds between lease renewals and looks at placement.
+    pub tick_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            advertise_url: None,
+            secret: None,
+            lease_ms: 3000,
+            tick_ms: 500,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn settings(&self, listen: SocketAddr) -> Result<cluster::Settings> {
+        let wrong = |reason: String| Error::Cluster(reason);
+        if self.lease_ms < 500 || self.tick_ms == 0 || self.tick_ms * 2 > self.lease_ms {
+            return Err(wrong(format!(
+                "lease_ms ({}) must be at least 500 and at least twice tick_ms ({}), \
+                 so that a lease is renewed before it runs out",
+                self.lease_ms, self.tick_ms
+            )));
+        }
+        let node_id = match &self.node_id {
+            Some(id) => crate::ids::PoolId::new(id)
+                .map_err(|_| {
+                    wrong(format!(
+                        "node_id `{id}`: use 1 to 128 ASCII letters, digits or -_.:/"
+                    ))
+                })?
+                .to_string(),
+            None => format!("node-{}", listen.port()),
+        };
+        let url = match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if listen.ip().is_unspecified() => {
+                return Err(wrong(format!(
+                    "the node listens on {listen}: set advertise_url (ALLOT_ADVERTISE_URL) \
+                     to the address other nodes reach it at"
+                )));
+            }
+            None => format!("http://{listen}"),
+        };
+        let secret = match &self.secret {
+            Some(secret) if secret.len() >= 16 => secret.clone(),
+            Some(_) => {
+                return Err(wrong(
+                    "the cluster secret must be at least 16 characters".to_owned(),
+                ));
+            }
+            // Alone, nobody forwards to this node; a random secret keeps
+            // the internal route shut.
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        Ok(cluster::Settings {
+            node_id,
+            url,
+            secret,
+            lease: std::time::Duration::from_millis(self.lease_ms),
+            tick: std::time::Duration::from_millis(self.tick_ms),
+        })
+    }
 }
 
 /// The `[entities]` section: how pool entities behave.
@@ -129,6 +218,7 @@ impl Default for Config {
             tokens: Vec::new(),
             entities: EntityConfig::default(),
             drain_seconds: 0,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -155,8 +245,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies the environment: `ALLOT_LISTEN`, `ALLOT_DATABASE_URL` and
-    /// `ALLOT_TOKENS` (`name=role:token,…`, added to the file's tokens).
+    /// Applies the environment: `ALLOT_LISTEN`, `ALLOT_DATABASE_URL`,
+    /// `ALLOT_TOKENS` (`name=role:token,…`, added to the file's tokens),
+    /// `ALLOT_NODE_ID`, `ALLOT_ADVERTISE_URL` and `ALLOT_CLUSTER_SECRET`.
     pub fn with_env(mut self) -> Result<Self> {
         if let Ok(listen) = std::env::var("ALLOT_LISTEN") {
             self.listen = listen.parse().map_err(|_| Error::Env {
@@ -169,6 +260,15 @@ impl Config {
         }
         if let Ok(tokens) = std::env::var("ALLOT_TOKENS") {
             self.tokens.extend(Tokens::parse_list(&tokens)?);
+        }
+        if let Ok(node_id) = std::env::var("ALLOT_NODE_ID") {
+            self.cluster.node_id = Some(node_id);
+        }
+        if let Ok(url) = std::env::var("ALLOT_ADVERTISE_URL") {
+            self.cluster.advertise_url = Some(url);
+        }
+        if let Ok(secret) = std::env::var("ALLOT_CLUSTER_SECRET") {
+            self.cluster.secret = Some(secret);
         }
         Ok(self)
     }
@@ -232,6 +332,12 @@ pub enum Error {
     /// The read model failed to load.
     #[error(transparent)]
     ReadModel(#[from] view::Error),
+    /// The cluster settings are wrong.
+    #[error("[cluster]: {0}")]
+    Cluster(String),
+    /// Joining the cluster failed.
+    #[error(transparent)]
+    Join(#[from] cluster::Error),
     /// The API cannot listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -274,6 +380,18 @@ impl Node {
             }
             (None, None) => return Err(Error::NoDatabase),
         };
+        // Bound first: with port 0 the cluster must advertise the real port.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let cluster_settings = config.cluster.settings(addr)?;
         let journal = Journal::connect(&url, config.max_connections).await?;
         let runtime = Runtime::new(journal.clone(), config.entities.settings());
         let engine = Engine::new(Limits::default()).map_err(Error::Engine)?;
@@ -290,23 +408,16 @@ impl Node {
         runtime.publish_views_to(Arc::new(move |pool, capacity_type, seq_nr, view| {
             sink.publish(pool, capacity_type, seq_nr, view)
         }));
+        let cluster =
+            Cluster::join(journal.db().clone(), cluster_settings, runtime.clone()).await?;
         let state = AppState {
             runtime,
             read_model,
             tokens: Arc::new(tokens),
             ready: Arc::new(AtomicBool::new(true)),
             registry,
+            cluster,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let app = api::router(state.clone());
         let server = tokio::spawn(async move {
@@ -358,10 +469,18 @@ impl Node {
         self.postgres.as_ref().map(|pg| pg.url(EMBEDDED_DATABASE))
     }
 
-    /// Stops in order: readiness off, no new connections, requests in
-    /// flight answered, entities drained and passivated, database last.
+    /// This node's part in the cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.state.cluster
+    }
+
+    /// Stops in order: readiness off; shards handed over (entities drained,
+    /// leases released); for `drain_seconds`, requests still arriving are
+    /// forwarded to the new owners; then no new connections, requests in
+    /// flight answered, database last.
     pub async fn stop(self) {
         api::set_ready(&self.state, false);
+        self.state.cluster.leave().await;
         if !self.drain.is_zero() {
             tracing::info!(
                 seconds = self.drain.as_secs(),
@@ -376,6 +495,7 @@ impl Node {
             Err(error) => tracing::warn!("the API server task failed: {error}"),
         }
         self.follower.abort();
+        self.state.cluster.clone().stop().await;
         self.state.runtime.shutdown().await;
         drop(self.state);
         if let Some(postgres) = self.postgres {

@@ -1,7 +1,7 @@
 //! A node on a real PostgreSQL, and a client of its API as one caller.
 
 use allot_host::api::TokenConfig;
-use allot_host::node::{Config, EntityConfig, Node};
+use allot_host::node::{ClusterConfig, Config, EntityConfig, Node};
 use allot_host::sandbox::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -42,6 +42,11 @@ pub async fn node_with(url: Option<String>, entities: EntityConfig) -> Node {
             })
             .collect(),
         entities,
+        // Nodes a test starts on one database form a cluster.
+        cluster: ClusterConfig {
+            secret: Some("test-cluster-secret-0001".into()),
+            ..ClusterConfig::default()
+        },
         ..Config::default()
     })
     .await

@@ -1,0 +1,230 @@
+//! Where a pool's commands run: on this node when it holds the pool's
+//! shard, else on the owner, forwarded. A shard that is moving (its owner
+//! gone, or saying it no longer owns it) is looked up again and retried
+//! until the caller's deadline; only work that is safe to repeat (a keyed
+//! command, a read) is sent again once it may have arrived.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use super::{ApiError, AppState, MAX_TIMEOUT};
+use crate::cluster::{Forward, Op, POSTCARD, Reply, Route, WireOutcome, view_from_text, view_text};
+use crate::entity::{self, Outcome, Request};
+use crate::ids::{PoolId, SeqNr};
+use crate::journal;
+use crate::metrics::{ForwardLabels, metrics};
+use crate::sandbox::View;
+
+/// The longest pause between two tries of a moving shard.
+const MOST_PAUSE: Duration = Duration::from_millis(100);
+
+/// What is asked of a pool's entity.
+enum Work {
+    Execute(Request),
+    View,
+}
+
+/// What the entity answered.
+enum Done {
+    Outcome(Outcome),
+    View(SeqNr, View),
+}
+
+/// Decides a command on its pool, wherever the pool lives.
+pub(super) async fn execute(
+    state: &AppState,
+    pool: &PoolId,
+    request: Request,
+) -> Result<Outcome, ApiError> {
+    let deadline = request.deadline;
+    match routed(state, pool, deadline, Work::Execute(request)).await? {
+        Done::Outcome(outcome) => Ok(outcome),
+        Done::View(..) => unreachable!("a command is answered with an outcome"),
+    }
+}
+
+/// Reads a pool through its entity, wherever the pool lives.
+pub(super) async fn view(
+    state: &AppState,
+    pool: &PoolId,
+    deadline: Instant,
+) -> Result<(SeqNr, View), ApiError> {
+    match routed(state, pool, deadline, Work::View).await? {
+        Done::View(seq_nr, view) => Ok((seq_nr, view)),
+        Done::Outcome(_) => unreachable!("a read is answered with a view"),
+    }
+}
+
+async fn routed(
+    state: &AppState,
+    pool: &PoolId,
+    deadline: Instant,
+    work: Work,
+) -> Result<Done, ApiError> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match state.cluster.route(pool) {
+            Route::Local => match local(state, pool, deadline, &work).await {
+                Err(entity::Error::NotOwner(_))
+                | Err(entity::Error::Journal(journal::Error::Fenced { .. })) => {}
+                done => return done.map_err(ApiError::from),
+            },
+            Route::Remote(owner) => {
+                let forward = Forward {
+                    pool: pool.to_string(),
+                    timeout_ms: deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
+                    op: match &work {
+                        Work::Execute(request) => Op::execute(request),
+                        Work::View => Op::View,
+                    },
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                // A little past the owner's own deadline, so that its answer
+                // (even "out of time") arrives.
+                let timeout = remaining + Duration::from_millis(250);
+                match state.cluster.forward(&owner, &forward, timeout).await {
+                    Ok(Reply::NotOwner) => count("not_owner"),
+                    Ok(reply) => {
+                        count("answered");
+                        return answer(reply);
+                    }
+                    Err(failure) => {
+                        count("failed");
+                        let repeatable = match &work {
+                            Work::Execute(request) => request.key().is_some(),
+                            Work::View => true,
+                        };
+                        if failure.sent && !repeatable {
+                            tracing::warn!(
+                                "a forwarded command without a key may or may not have \
+                                 taken effect: {}",
+                                failure.reason
+                            );
+                            return Err(ApiError::outcome_unknown(
+                                "the node owning the pool did not answer; the command may have \
+                                 taken effect. Send commands with an Idempotency-Key to make \
+                                 retries safe",
+                            ));
+                        }
+                        tracing::debug!("forwarding failed, looking again: {}", failure.reason);
+                    }
+                }
+            }
+            Route::Unknown => {}
+        }
+        if Instant::now() + pause >= deadline {
+            return Err(entity::Error::DeadlinePassed.into());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MOST_PAUSE);
+        state.cluster.resolve(pool).await;
+    }
+}
+
+fn count(result: &'static str) {
+    metrics()
+        .forwarded
+        .get_or_create(&ForwardLabels { result })
+        .inc();
+}
+
+async fn local(
+    state: &AppState,
+    pool: &PoolId,
+    deadline: Instant,
+    work: &Work,
+) -> entity::Result<Done> {
+    match work {
+        Work::Execute(request) => state
+            .runtime
+            .execute(pool, request.clone())
+            .await
+            .map(Done::Outcome),
+        Work::View => state
+            .runtime
+            .view(pool, deadline)
+            .await
+            .map(|(seq_nr, view)| Done::View(seq_nr, view)),
+    }
+}
+
+fn answer(reply: Reply) -> Result<Done, ApiError> {
+    let malformed = |e: crate::cluster::Malformed| ApiError::internal(&e);
+    match reply {
+        Reply::Outcome(outcome) => Ok(Done::Outcome(outcome.into_outcome().map_err(malformed)?)),
+        Reply::View { seq_nr, view } => Ok(Done::View(
+            SeqNr(seq_nr),
+            view_from_text(&view).map_err(malformed)?,
+        )),
+        Reply::Problem(problem) => Err(ApiError::from_wire(problem)),
+        Reply::NotOwner => unreachable!("handled by the caller"),
+    }
+}
+
+/// The internal route other nodes forward work to. It takes the cluster's
+/// secret, not a user's token, and never forwards further: a node that does
+/// not own the pool says so, and the sender looks again.
+pub async fn forwarded(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !secret.is_some_and(|s| state.cluster.admits(s)) {
+        return ApiError::unauthenticated("forwarded work needs the cluster's secret")
+            .into_response();
+    }
+    let forward: Forward = match postcard::from_bytes(&body) {
+        Ok(forward) => forward,
+        Err(error) => {
+            return ApiError::bad_request("malformed_forward", error.to_string()).into_response();
+        }
+    };
+    let reply = match reply_to(&state, forward).await {
+        Ok(reply) => reply,
+        Err(error) => Reply::Problem(error.to_wire()),
+    };
+    let bytes = postcard::to_stdvec(&reply).expect("replies serialize");
+    (StatusCode::OK, [(header::CONTENT_TYPE, POSTCARD)], bytes).into_response()
+}
+
+async fn reply_to(state: &AppState, forward: Forward) -> Result<Reply, ApiError> {
+    let pool = PoolId::new(&forward.pool)?;
+    if !matches!(state.cluster.route(&pool), Route::Local) {
+        return Ok(Reply::NotOwner);
+    }
+    let deadline = Instant::now() + Duration::from_millis(forward.timeout_ms).min(MAX_TIMEOUT);
+    let work = match forward.op {
+        Op::Execute {
+            context,
+            command,
+            actor,
+            idempotency_key,
+        } => Work::Execute(Request {
+            context,
+            command: command
+                .into_command()
+                .map_err(|e| ApiError::bad_request("malformed_forward", e.to_string()))?,
+            actor,
+            idempotency_key,
+            deadline,
+        }),
+        Op::View => Work::View,
+    };
+    match local(state, &pool, deadline, &work).await {
+        Ok(Done::Outcome(outcome)) => Ok(Reply::Outcome(WireOutcome::from(outcome))),
+        Ok(Done::View(seq_nr, view)) => Ok(Reply::View {
+            seq_nr: seq_nr.0,
+            view: view_text(&view),
+        }),
+        Err(entity::Error::NotOwner(_))
+        | Err(entity::Error::Journal(journal::Error::Fenced { .. })) => Ok(Reply::NotOwner),
+        Err(error) => Err(error.into()),
+    }
+}

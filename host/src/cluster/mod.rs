@@ -1,0 +1,694 @@
+//! The cluster: several nodes against one PostgreSQL, with at most one live
+//! copy of each pool.
+//!
+//! Nodes register and heartbeat in the `nodes` table. Pools hash to a fixed
+//! number of shards ([`crate::ids::SHARDS`]); each shard has a lease row
+//! (owner, epoch, expiry) in `shard_leases`. Every node computes the same
+//! placement from the live nodes by rendezvous hashing, takes the leases of
+//! the shards it wins once they are free, renews what it holds, and hands
+//! over what another node now wins: its entities drain, then the lease is
+//! released for the next owner to take at once. A crashed node's leases
+//! simply expire.
+//!
+//! Each acquisition raises the shard's epoch, and every append names the
+//! epoch its entity started under ([`crate::journal::Fence`]), checked in
+//! the append's transaction: a paused or partitioned ex-owner can still
+//! decide, but never persist.
+//!
+//! Nodes tell each other of joins, leaves and released leases by `NOTIFY`,
+//! so a hand-over does not wait for the next tick.
+
+mod placement;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+
+use crate::entity::Runtime;
+use crate::ids::PoolId;
+use crate::metrics::metrics;
+
+pub use placement::shards_of;
+pub use wire::{
+    FORWARD_PATH, Forward, Malformed, Op, POSTCARD, Reply, WireOutcome, WireProblem,
+    view_from_text, view_text,
+};
+
+/// The channel nodes wake each other on.
+const CHANNEL: &str = "allot_cluster";
+
+/// How a node takes part in the cluster.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node's name, unique in the cluster and stable across restarts:
+    /// a restarted node takes back the leases its previous run held at once.
+    pub node_id: String,
+    /// Where other nodes reach this node's API.
+    pub url: String,
+    /// Shared by the nodes of a cluster: forwarded requests carry it.
+    pub secret: String,
+    /// How long a lease lasts without renewal: a crashed node's shards move
+    /// after about this long.
+    pub lease: Duration,
+    /// How often leases are renewed and placement is looked at.
+    pub tick: Duration,
+}
+
+/// Why the cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error("cluster membership: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A node that owns a shard, as other nodes reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Its name.
+    pub node: String,
+    /// Its API's base URL.
+    pub url: String,
+}
+
+/// Where the commands of a shard go now.
+#[derive(Debug)]
+pub enum Route {
+    /// This node holds the lease.
+    Local,
+    /// Another node holds it.
+    Remote(Owner),
+    /// Nobody does this moment: the shard is moving.
+    Unknown,
+}
+
+/// Why a forwarded request got no answer.
+#[derive(Debug)]
+pub struct ForwardError {
+    /// Whether the owner may have received it: then only a request that is
+    /// safe to repeat may be sent again.
+    pub sent: bool,
+    /// What happened.
+    pub reason: String,
+}
+
+/// This node's part in the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: PgPool,
+    settings: Settings,
+    incarnation: uuid::Uuid,
+    runtime: Runtime,
+    client: reqwest::Client,
+    state: Mutex<State>,
+    /// Ticks and the leave take turns.
+    turn: tokio::sync::Mutex<()>,
+    wake: Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The leases this node holds and serves.
+    held: HashMap<u32, Held>,
+    /// The owner of every leased shard, as last read.
+    owners: HashMap<u32, Owner>,
+    /// The live nodes, as last read.
+    nodes: Vec<Owner>,
+    /// Set when this node leaves: it takes no shard any more.
+    leaving: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Held {
+    epoch: i64,
+    /// Until when the lease is surely still this node's, by the local clock:
+    /// the renewal was sent before the database set its expiry.
+    valid_until: std::time::Instant,
+}
+
+/// What a node knows of the cluster, for the API.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// This node.
+    pub node: String,
+    /// Shards this node holds leases on.
+    pub shards_held: usize,
+    /// Every node registered, live or not.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node, as the cluster sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeStatus {
+    /// Its name.
+    pub node: String,
+    /// Its API's base URL.
+    pub url: String,
+    /// `up` or `leaving`.
+    pub state: String,
+    /// Whether its heartbeat is fresh.
+    pub live: bool,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: i64,
+    /// Shards it holds unexpired leases on.
+    pub shards: i64,
+}
+
+impl Cluster {
+    /// Joins the cluster: registers this node, takes the shards it may take
+    /// now, and keeps doing so in the background. Entities of `runtime` start
+    /// only for shards this node holds, and append under their lease epoch.
+    pub async fn join(db: PgPool, settings: Settings, runtime: Runtime) -> Result<Self, Error> {
+        let inner = Arc::new(Inner {
+            db,
+            incarnation: uuid::Uuid::new_v4(),
+            runtime,
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client with default TLS-less settings builds"),
+            state: Mutex::default(),
+            turn: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            tasks: Mutex::default(),
+            settings,
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.runtime.fence_with(Arc::new(move |shard| {
+            weak.upgrade().and_then(|inner| inner.epoch(shard))
+        }));
+        let mut listener = PgListener::connect_with(&inner.db).await?;
+        listener.listen(CHANNEL).await?;
+        inner.register().await?;
+        inner.tick().await?;
+        let listen = tokio::spawn(wake_on_notify(listener, Arc::downgrade(&inner)));
+        let ticks = tokio::spawn(tick_forever(Arc::downgrade(&inner)));
+        inner.tasks.lock().expect("tasks").extend([listen, ticks]);
+        tracing::info!(
+            node = %inner.settings.node_id,
+            shards = inner.state.lock().expect("cluster state").held.len(),
+            "joined the cluster"
+        );
+        Ok(Self { inner })
+    }
+
+    /// This node's name.
+    pub fn node_id(&self) -> &str {
+        &self.inner.settings.node_id
+    }
+
+    /// Whether `secret` is the cluster's, compared in constant time.
+    pub fn admits(&self, secret: &str) -> bool {
+        let ours = self.inner.settings.secret.as_bytes();
+        let theirs = secret.as_bytes();
+        ours.len() == theirs.len()
+            && ours
+                .iter()
+                .zip(theirs)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
+    /// Where commands for `pool` go now, as far as this node knows.
+    pub fn route(&self, pool: &PoolId) -> Route {
+        let shard = pool.shard();
+        if self.inner.epoch(shard).is_some() {
+            return Route::Local;
+        }
+        let state = self.inner.state.lock().expect("cluster state");
+        match state.owners.get(&shard) {
+            Some(owner) if owner.node != self.inner.settings.node_id => {
+                Route::Remote(owner.clone())
+            }
+            _ => Route::Unknown,
+        }
+    }
+
+    /// Asks the database who owns `pool`'s shard now, after a route failed.
+    pub async fn resolve(&self, pool: &PoolId) {
+        let shard = pool.shard();
+        let found: Result<Option<(String, String)>, sqlx::Error> = sqlx::query_as(
+            "SELECT l.owner_node, n.url FROM shard_leases l JOIN nodes n ON n.node_id = l.owner_node
+              WHERE l.shard = $1 AND l.expires_at > now()",
+        )
+        .bind(shard as i32)
+        .fetch_optional(&self.inner.db)
+        .await;
+        let mut state = self.inner.state.lock().expect("cluster state");
+        match found {
+            Ok(Some((node, url))) => {
+                state.owners.insert(shard, Owner { node, url });
+            }
+            Ok(None) => {
+                state.owners.remove(&shard);
+            }
+            Err(error) => tracing::warn!(shard, "cannot look up the shard's owner: {error}"),
+        }
+    }
+
+    /// Sends work for a pool to its owner and returns the owner's reply.
+    pub async fn forward(
+        &self,
+        owner: &Owner,
+        forward: &Forward,
+        timeout: Duration,
+    ) -> Result<Reply, ForwardError> {
+        let body = postcard::to_stdvec(forward).expect("forwarded work serializes");
+        let response = self
+            .inner
+            .client
+            .post(format!("{}{FORWARD_PATH}", owner.url))
+            .bearer_auth(&self.inner.settings.secret)
+            .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ForwardError {
+                sent: !e.is_connect(),
+                reason: format!("{}: {e}", owner.node),
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ForwardError {
+            sent: true,
+            reason: format!("{}: {e}", owner.node),
+        })?;
+        if !status.is_success() {
+            // Not a reply of the protocol: a wrong secret, or a node of
+            // another version. Nothing was decided.
+            return Err(ForwardError {
+                sent: false,
+                reason: format!(
+                    "{} answered {status}: {}",
+                    owner.node,
+                    String::from_utf8_lossy(&bytes)
+                ),
+            });
+        }
+        postcard::from_bytes(&bytes).map_err(|e| ForwardError {
+            sent: true,
+            reason: format!("{}: unreadable reply: {e}", owner.node),
+        })
+    }
+
+    /// What this node knows of the cluster.
+    pub async fn status(&self) -> Result<Status, sqlx::Error> {
+        let rows: Vec<(String, String, String, bool, i64, i64)> = sqlx::query_as(
+            "SELECT n.node_id, n.url, n.state,
+                    n.heartbeat_at > now() - $1 * interval '1 millisecond',
+                    (extract(epoch FROM now() - n.heartbeat_at) * 1000)::bigint,
+                    (SELECT count(*) FROM shard_leases l
+                      WHERE l.owner_node = n.node_id AND l.expires_at > now())
+               FROM nodes n ORDER BY n.node_id",
+        )
+        .bind(self.inner.lease_ms())
+        .fetch_all(&self.inner.db)
+        .await?;
+        Ok(Status {
+            node: self.inner.settings.node_id.clone(),
+            shards_held: self.inner.state.lock().expect("cluster state").held.len(),
+            nodes: rows
+                .into_iter()
+                .map(
+                    |(node, url, state, live, heartbeat_age_ms, shards)| NodeStatus {
+                        node,
+                        url,
+                        state,
+                        live,
+                        heartbeat_age_ms,
+                        shards,
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    /// Leaves the cluster in order: takes no shard any more, lets the
+    /// entities of every shard it holds finish what is queued, then releases
+    /// the leases, so that the next owners take them at once. Requests that
+    /// still reach this node are forwarded to them.
+    pub async fn leave(&self) {
+        let inner = &self.inner;
+        let _turn = inner.turn.lock().await;
+        inner.state.lock().expect("cluster state").leaving = true;
+        let marked = sqlx::query(
+            "UPDATE nodes SET state = 'leaving' WHERE node_id = $1 AND incarnation = $2",
+        )
+        .bind(&inner.settings.node_id)
+        .bind(inner.incarnation)
+        .execute(&inner.db)
+        .await;
+        if let Err(error) = marked {
+            tracing::warn!("cannot mark this node as leaving: {error}");
+        }
+        inner.notify().await;
+        let all: HashSet<u32> = inner
+            .state
+            .lock()
+            .expect("cluster state")
+            .held
+            .keys()
+            .copied()
+            .collect();
+        let count = all.len();
+        inner.hand_over(all).await;
+        tracing::info!(shards = count, "left the cluster: every lease released");
+    }
+
+    /// Stops taking part: no more heartbeats, and the node's row is removed.
+    pub async fn stop(self) {
+        for task in self.inner.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+        let removed = sqlx::query("DELETE FROM nodes WHERE node_id = $1 AND incarnation = $2")
+            .bind(&self.inner.settings.node_id)
+            .bind(self.inner.incarnation)
+            .execute(&self.inner.db)
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!("cannot remove this node from the cluster table: {error}");
+        }
+        self.inner.notify().await;
+    }
+}
+
+impl Inner {
+    fn lease_ms(&self) -> i64 {
+        self.settings.lease.as_millis() as i64
+    }
+
+    /// The epoch of this node's lease on `shard`, while surely valid.
+    fn epoch(&self, shard: u32) -> Option<i64> {
+        let state = self.state.lock().expect("cluster state");
+        state
+            .held
+            .get(&shard)
+            .filter(|held| held.valid_until > std::time::Instant::now())
+            .map(|held| held.epoch)
+    }
+
+    async fn register(&self) -> Result<(), sqlx::Error> {
+        let previous: Option<(uuid::Uuid, bool)> = sqlx::query_as(
+            "SELECT incarnation, heartbeat_at > now() - $2 * interval '1 millisecond'
+               FROM nodes WHERE node_id = $1",
+        )
+        .bind(&self.settings.node_id)
+        .bind(self.lease_ms())
+        .fetch_optional(&self.db)
+        .await?;
+        if let Some((_, true)) = previous {
+            tracing::warn!(
+                node = %self.settings.node_id,
+                "a node of this name was alive moments ago: if it still runs, the two \
+                 will take shards from each other (appends stay fenced); give every node its own name"
+            );
+        }
+        sqlx::query(
+            "INSERT INTO nodes (node_id, url, incarnation, state) VALUES ($1, $2, $3, 'up')
+             ON CONFLICT (node_id) DO UPDATE
+                SET url = EXCLUDED.url, incarnation = EXCLUDED.incarnation, state = 'up',
+                    started_at = now(), heartbeat_at = now()",
+        )
+        .bind(&self.settings.node_id)
+        .bind(&self.settings.url)
+        .bind(self.incarnation)
+        .execute(&self.db)
+        .await?;
+        self.notify().await;
+        Ok(())
+    }
+
+    async fn notify(&self) {
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&self.settings.node_id)
+            .execute(&self.db)
+            .await;
+        if let Err(error) = sent {
+            tracing::debug!("cannot wake the other nodes: {error}");
+        }
+    }
+
+    /// One round: heartbeat, renew, look at placement, hand over what
+    /// another node wins, take what this node wins and is free.
+    async fn tick(&self) -> Result<(), sqlx::Error> {
+        let _turn = self.turn.lock().await;
+        let me = &self.settings.node_id;
+        let lease_ms = self.lease_ms();
+
+        let beat = sqlx::query(
+            "UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1 AND incarnation = $2",
+        )
+        .bind(me)
+        .bind(self.incarnation)
+        .execute(&self.db)
+        .await?;
+        let replaced = beat.rows_affected() == 0;
+        if replaced && !self.state.lock().expect("cluster state").leaving {
+            tracing::error!(
+                "another process registered as node `{me}`: this one takes no more shards"
+            );
+            self.state.lock().expect("cluster state").leaving = true;
+        }
+
+        // Renew: a lease another node took meanwhile is not renewed, and
+        // its entities here stop.
+        let (shards, epochs): (Vec<i32>, Vec<i64>) = {
+            let state = self.state.lock().expect("cluster state");
+            state
+                .held
+                .iter()
+                .map(|(shard, held)| (*shard as i32, held.epoch))
+                .unzip()
+        };
+        if !shards.is_empty() {
+            let sent = std::time::Instant::now();
+            let renewed: Vec<i32> = sqlx::query_scalar(
+                "UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
+                   FROM unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+                  WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner_node = $1
+                  RETURNING l.shard",
+            )
+            .bind(me)
+            .bind(&shards)
+            .bind(&epochs)
+            .bind(lease_ms)
+            .fetch_all(&self.db)
+            .await?;
+            let renewed: HashSet<u32> = renewed.into_iter().map(|s| s as u32).collect();
+            let lost: HashSet<u32> = {
+                let mut state = self.state.lock().expect("cluster state");
+                let lost: HashSet<u32> = state
+                    .held
+                    .keys()
+                    .filter(|shard| !renewed.contains(shard))
+                    .copied()
+                    .collect();
+                for shard in &lost {
+                    state.held.remove(shard);
+                }
+                for shard in &renewed {
+                    if let Some(held) = state.held.get_mut(shard) {
+                        held.valid_until = sent + self.settings.lease.mul_f64(0.9);
+                    }
+                }
+                lost
+            };
+            if !lost.is_empty() {
+                tracing::warn!(
+                    shards = lost.len(),
+                    "leases were lost to other nodes; their pools stop here"
+                );
+                metrics().cluster_leases_lost.inc_by(lost.len() as u64);
+                self.runtime.stop_shards(&lost).await;
+            }
+        }
+
+        // Placement among the live nodes.
+        let live: Vec<(String, String)> = sqlx::query_as(
+            "SELECT node_id, url FROM nodes
+              WHERE state = 'up' AND heartbeat_at > now() - $1 * interval '1 millisecond'
+              ORDER BY node_id",
+        )
+        .bind(lease_ms)
+        .fetch_all(&self.db)
+        .await?;
+        let leaving = self.state.lock().expect("cluster state").leaving;
+        let mut names: Vec<String> = live.iter().map(|(node, _)| node.clone()).collect();
+        if !leaving && !names.contains(me) {
+            names.push(me.clone());
+        }
+        let wanted: HashSet<u32> = if leaving {
+            HashSet::new()
+        } else {
+            shards_of(me, &names).into_iter().collect()
+        };
+        let (give, take): (HashSet<u32>, Vec<i32>) = {
+            let state = self.state.lock().expect("cluster state");
+            let give = state
+                .held
+                .keys()
+                .filter(|shard| !wanted.contains(shard))
+                .copied()
+                .collect();
+            let take = wanted
+                .iter()
+                .filter(|shard| !state.held.contains_key(shard))
+                .map(|shard| *shard as i32)
+                .collect();
+            (give, take)
+        };
+        if !give.is_empty() && !leaving {
+            tracing::info!(
+                shards = give.len(),
+                "handing shards over to nodes that joined"
+            );
+            self.hand_over(give).await;
+        }
+        if !take.is_empty() {
+            let sent = std::time::Instant::now();
+            // Free leases only: expired or released, or held by this node's
+            // previous run. Each take raises the epoch, fencing older writers.
+            let taken: Vec<(i32, i64)> = sqlx::query_as(
+                "INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
+                 SELECT s, $1, 1, now() + $3 * interval '1 millisecond' FROM unnest($2::int[]) AS s
+                 ON CONFLICT (shard) DO UPDATE
+                    SET owner_node = EXCLUDED.owner_node, epoch = shard_leases.epoch + 1,
+                        expires_at = EXCLUDED.expires_at
+                  WHERE shard_leases.expires_at <= now() OR shard_leases.owner_node = $1
+                 RETURNING shard, epoch",
+            )
+            .bind(me)
+            .bind(&take)
+            .bind(lease_ms)
+            .fetch_all(&self.db)
+            .await?;
+            if !taken.is_empty() {
+                tracing::info!(shards = taken.len(), "took shard leases");
+                let mut state = self.state.lock().expect("cluster state");
+                for (shard, epoch) in taken {
+                    state.held.insert(
+                        shard as u32,
+                        Held {
+                            epoch,
+                            valid_until: sent + self.settings.lease.mul_f64(0.9),
+                        },
+                    );
+                }
+            }
+        }
+
+        // Who owns what, for routing.
+        let owners: Vec<(i32, String, String)> = sqlx::query_as(
+            "SELECT l.shard, l.owner_node, n.url FROM shard_leases l
+               JOIN nodes n ON n.node_id = l.owner_node
+              WHERE l.expires_at > now()",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        let mut state = self.state.lock().expect("cluster state");
+        state.owners = owners
+            .into_iter()
+            .map(|(shard, node, url)| (shard as u32, Owner { node, url }))
+            .collect();
+        state.nodes = live
+            .into_iter()
+            .map(|(node, url)| Owner { node, url })
+            .collect();
+        metrics().cluster_shards_held.set(state.held.len() as i64);
+        metrics().cluster_nodes_live.set(state.nodes.len() as i64);
+        Ok(())
+    }
+
+    /// Gives shards up in order: no new entity starts for them, the live
+    /// ones finish what is queued, then the leases are released and the
+    /// other nodes told.
+    async fn hand_over(&self, shards: HashSet<u32>) {
+        if shards.is_empty() {
+            return;
+        }
+        let released: Vec<(i32, i64)> = {
+            let mut state = self.state.lock().expect("cluster state");
+            shards
+                .iter()
+                .filter_map(|shard| {
+                    state
+                        .held
+                        .remove(shard)
+                        .map(|held| (*shard as i32, held.epoch))
+                })
+                .collect()
+        };
+        self.runtime.stop_shards(&shards).await;
+        let (shards, epochs): (Vec<i32>, Vec<i64>) = released.into_iter().unzip();
+        let done = sqlx::query(
+            "UPDATE shard_leases l SET expires_at = now()
+               FROM unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+              WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner_node = $1",
+        )
+        .bind(&self.settings.node_id)
+        .bind(&shards)
+        .bind(&epochs)
+        .execute(&self.db)
+        .await;
+        match done {
+            Ok(_) => self.notify().await,
+            // They expire by themselves; the next owner waits that long.
+            Err(error) => tracing::warn!("cannot release leases: {error}"),
+        }
+        metrics()
+            .cluster_shards_held
+            .set(self.state.lock().expect("cluster state").held.len() as i64);
+    }
+}
+
+/// Ticks every `tick`, and at once when another node says something moved.
+async fn tick_forever(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let tick = strong.settings.tick;
+        let woken = async {
+            strong.wake.notified().await;
+            // Let a burst of notifications settle into one tick.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = woken => {}
+        }
+        if let Err(error) = strong.tick().await {
+            tracing::warn!("cluster tick failed: {error}");
+        }
+    }
+}
+
+async fn wake_on_notify(mut listener: PgListener, inner: Weak<Inner>) {
+    loop {
+        let received = listener.try_recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match received {
+            Ok(Some(notification)) if notification.payload() == inner.settings.node_id => {}
+            Ok(_) => inner.wake.notify_one(),
+            Err(error) => {
+                tracing::warn!("cannot listen for cluster changes: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
