@@ -538,7 +538,8 @@ async fn a_killed_node_s_pools_move_within_seconds() {
     let mut cluster = TestCluster::start(3).await;
     // Small pools: they sell out during the run, so the check at the end
     // sees pools at their capacity.
-    let pools = cluster.create_pools(30, 40).await;
+    let units = 40;
+    let pools = cluster.create_pools(30, units).await;
     let mut affected = Vec::new();
     for pool in &pools {
         if cluster.owner_of(pool).await == "n3" {
@@ -587,18 +588,19 @@ async fn a_killed_node_s_pools_move_within_seconds() {
         seen.refused,
         seen.failed
     );
-    // The lease is 2 s here; recovery follows within a couple of ticks.
+    // A 3 s lease; the shards are taken within a tick of its end.
     assert!(
         recovery < Duration::from_secs(5),
         "recovery took {recovery:?}"
     );
-    cluster.verify(&pools, 150, &seen.acknowledged).await;
+    cluster.verify(&pools, units, &seen.acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_request() {
     let mut cluster = TestCluster::start(3).await;
-    let pools = cluster.create_pools(30, 120).await;
+    let units = 120;
+    let pools = cluster.create_pools(30, units).await;
     let load = Load::start(&cluster.client, cluster.urls(), &pools, 8);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..cluster.nodes.len() {
@@ -629,13 +631,14 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     );
     assert!(!seen.acknowledged.is_empty());
     assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
-    cluster.verify(&pools, 120, &seen.acknowledged).await;
+    cluster.verify(&pools, units, &seen.acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_is_fenced() {
     let cluster = TestCluster::start(3).await;
-    let pools = cluster.create_pools(30, 60).await;
+    let units = 30;
+    let pools = cluster.create_pools(30, units).await;
     // Everyone sends to the node that will be paused too: those requests
     // are held in its queues while it sleeps, and decided when it wakes.
     let load = Load::start(&cluster.client, cluster.urls(), &pools, 8);
@@ -682,7 +685,7 @@ async fn a_node_paused_past_its_lease_is_fenced() {
     );
     assert!(fenced > 0);
     assert!(!seen.acknowledged.is_empty());
-    cluster.verify(&pools, 60, &seen.acknowledged).await;
+    cluster.verify(&pools, units, &seen.acknowledged).await;
     // The woken node serves again.
     let response = cluster
         .client

@@ -343,13 +343,16 @@ impl Cluster {
         let inner = &self.inner;
         let _turn = inner.turn.lock().await;
         inner.state.lock().expect("cluster state").leaving = true;
-        let marked = sqlx::query(
-            "UPDATE nodes SET state = 'leaving' WHERE node_id = $1 AND incarnation = $2",
-        )
-        .bind(&inner.settings.node_id)
-        .bind(inner.incarnation)
-        .execute(&inner.db)
-        .await;
+        let marked = inner
+            .bounded(
+                sqlx::query(
+                    "UPDATE nodes SET state = 'leaving' WHERE node_id = $1 AND incarnation = $2",
+                )
+                .bind(&inner.settings.node_id)
+                .bind(inner.incarnation)
+                .execute(&inner.db),
+            )
+            .await;
         if let Err(error) = marked {
             tracing::warn!("cannot mark this node as leaving: {error}");
         }
@@ -372,10 +375,14 @@ impl Cluster {
         for task in self.inner.tasks.lock().expect("tasks").drain(..) {
             task.abort();
         }
-        let removed = sqlx::query("DELETE FROM nodes WHERE node_id = $1 AND incarnation = $2")
-            .bind(&self.inner.settings.node_id)
-            .bind(self.inner.incarnation)
-            .execute(&self.inner.db)
+        let removed = self
+            .inner
+            .bounded(
+                sqlx::query("DELETE FROM nodes WHERE node_id = $1 AND incarnation = $2")
+                    .bind(&self.inner.settings.node_id)
+                    .bind(self.inner.incarnation)
+                    .execute(&self.inner.db),
+            )
             .await;
         if let Err(error) = removed {
             tracing::warn!("cannot remove this node from the cluster table: {error}");
@@ -387,6 +394,19 @@ impl Cluster {
 impl Inner {
     fn lease_ms(&self) -> i64 {
         self.settings.lease.as_millis() as i64
+    }
+
+    /// A database call that gives up after a lease: what it would have
+    /// done (release a lease, say) happens by expiry anyway, and a node
+    /// stopping with its database gone must not hang.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.settings.lease, call).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the database did not answer in time".to_owned()),
+        }
     }
 
     /// The epoch of this node's lease on `shard`, while surely valid.
@@ -431,10 +451,13 @@ impl Inner {
     }
 
     async fn notify(&self) {
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(&self.settings.node_id)
-            .execute(&self.db)
+        let sent = self
+            .bounded(
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(&self.settings.node_id)
+                    .execute(&self.db),
+            )
             .await;
         if let Err(error) = sent {
             tracing::debug!("cannot wake the other nodes: {error}");
@@ -476,10 +499,16 @@ impl Inner {
         if !shards.is_empty() {
             let sent = std::time::Instant::now();
             let renewed: Vec<i32> = sqlx::query_scalar(
-                "UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
-                   FROM unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
-                  WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner_node = $1
-                  RETURNING l.shard",
+                "WITH mine AS (
+                     SELECT l.shard FROM shard_leases l
+                       JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+                         ON l.shard = h.shard AND l.epoch = h.epoch
+                      WHERE l.owner_node = $1
+                      ORDER BY l.shard FOR UPDATE OF l
+                 )
+                 UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
+                   FROM mine WHERE l.shard = mine.shard
+                 RETURNING l.shard",
             )
             .bind(me)
             .bind(&shards)
@@ -516,7 +545,9 @@ impl Inner {
             }
         }
 
-        // Placement among the live nodes.
+        // Placement among the live nodes. (Every statement on several
+        // leases locks them in shard order, so that nodes renewing, taking
+        // and releasing at once never wait on each other in a cycle.)
         let live: Vec<(String, String)> = sqlx::query_as(
             "SELECT node_id, url FROM nodes
               WHERE state = 'up' AND heartbeat_at > now() - $1 * interval '1 millisecond'
@@ -563,7 +594,8 @@ impl Inner {
             // previous run. Each take raises the epoch, fencing older writers.
             let taken: Vec<(i32, i64)> = sqlx::query_as(
                 "INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
-                 SELECT s, $1, 1, now() + $3 * interval '1 millisecond' FROM unnest($2::int[]) AS s
+                 SELECT s, $1, 1, now() + $3 * interval '1 millisecond'
+                   FROM unnest($2::int[]) AS s ORDER BY s
                  ON CONFLICT (shard) DO UPDATE
                     SET owner_node = EXCLUDED.owner_node, epoch = shard_leases.epoch + 1,
                         expires_at = EXCLUDED.expires_at
@@ -633,16 +665,25 @@ impl Inner {
         };
         self.runtime.stop_shards(&shards).await;
         let (shards, epochs): (Vec<i32>, Vec<i64>) = released.into_iter().unzip();
-        let done = sqlx::query(
-            "UPDATE shard_leases l SET expires_at = now()
-               FROM unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
-              WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner_node = $1",
-        )
-        .bind(&self.settings.node_id)
-        .bind(&shards)
-        .bind(&epochs)
-        .execute(&self.db)
-        .await;
+        let done = self
+            .bounded(
+                sqlx::query(
+                    "WITH mine AS (
+                         SELECT l.shard FROM shard_leases l
+                           JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+                             ON l.shard = h.shard AND l.epoch = h.epoch
+                          WHERE l.owner_node = $1
+                          ORDER BY l.shard FOR UPDATE OF l
+                     )
+                     UPDATE shard_leases l SET expires_at = now()
+                       FROM mine WHERE l.shard = mine.shard",
+                )
+                .bind(&self.settings.node_id)
+                .bind(&shards)
+                .bind(&epochs)
+                .execute(&self.db),
+            )
+            .await;
         match done {
             Ok(_) => self.notify().await,
             // They expire by themselves; the next owner waits that long.

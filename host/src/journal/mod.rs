@@ -742,10 +742,11 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 
 /// Appends a group of batches as one statement.
 ///
-/// Leases are read under a share lock, so a lease cannot move while the
-/// group is written; the pools' rows are locked one by one through their
-/// key (a lateral lookup each, which the planner cannot turn into a scan of
-/// the table) in id order, so two groups never wait on each other in a
+/// Leases are read under a share lock, in shard order as every statement
+/// on leases takes them, so a lease cannot move while the group is
+/// written; the pools' rows are locked one by one through their key (a
+/// lateral lookup each, which the planner cannot turn into a scan of the
+/// table) in id order, so two groups never wait on each other in a
 /// cycle. `last_seq` is read through that
 /// lock: after waiting for another writer, PostgreSQL hands back the row as
 /// that writer left it, which a read of `events` (the statement's snapshot,
@@ -758,7 +759,7 @@ WITH batch AS (
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[])
         AS b(pool_id, expected, last_seq, shard, epoch)
 ), lease AS (
-    SELECT shard, epoch FROM shard_leases WHERE shard = ANY($4) FOR SHARE
+    SELECT shard, epoch FROM shard_leases WHERE shard = ANY($4) ORDER BY shard FOR SHARE
 ), locked AS (
     SELECT b.pool_id, k.last_seq
       FROM (SELECT pool_id FROM batch ORDER BY pool_id) b,

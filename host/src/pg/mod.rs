@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,7 +139,10 @@ wait "$pid""#;
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(log)
+            // Its own process group: a Ctrl-C at the terminal reaches the
+            // host, which then stops in order, and not the server under it.
+            .process_group(0);
         let mut child = command
             .spawn()
             .map_err(|e| Error::Start(format!("cannot run the server: {e}")))?;
