@@ -117,6 +117,9 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
         }
         println!("  curl -H 'Authorization: Bearer dev-operator-token' {url}/v1/cluster");
     }
+    if let Some(database) = node.embedded_database_url() {
+        println!("PostgreSQL: {database}");
+    }
     println!();
     println!("Tokens (send as `Authorization: Bearer <token>`):");
     for (name, _, token) in TOKENS {
