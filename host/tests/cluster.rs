@@ -704,3 +704,46 @@ async fn a_node_paused_past_its_lease_is_fenced() {
         response.text().await.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_under_a_taken_name_is_refused() {
+    let cluster = TestCluster::start(1).await;
+    let first = &cluster.nodes[0];
+    let config = std::fs::read_to_string(&first.config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let twin = first.config.with_file_name("twin.toml");
+    std::fs::write(
+        &twin,
+        config.replace(&format!(":{}\"", first.port), &format!(":{port}\"")),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--config"])
+        .arg(&twin)
+        .env("ALLOT_TOKENS", format!("test=operator:{TOKEN}"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("a node named `n1` is running"), "{stderr}");
+    // It waited for the name's heartbeat to end (a crashed run's would).
+    assert!(started.elapsed() >= Duration::from_millis(LEASE_MS));
+    // The first node was not disturbed.
+    let status: Value = cluster
+        .client
+        .get(format!("{}/v1/cluster", first.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["nodes"][0]["shards"], 256, "{status}");
+}

@@ -70,8 +70,10 @@ async fn routed(
     loop {
         match state.cluster.route(pool) {
             Route::Local => match local(state, pool, deadline, &work).await {
-                Err(entity::Error::NotOwner(_))
-                | Err(entity::Error::Journal(journal::Error::Fenced { .. })) => {}
+                Err(entity::Error::NotOwner(_)) => {}
+                Err(entity::Error::Journal(journal::Error::Fenced { shard, epoch })) => {
+                    state.cluster.fenced(shard, epoch);
+                }
                 done => return done.map_err(ApiError::from),
             },
             Route::Remote(owner) => {
@@ -223,8 +225,11 @@ async fn reply_to(state: &AppState, forward: Forward) -> Result<Reply, ApiError>
             seq_nr: seq_nr.0,
             view: view_text(&view),
         }),
-        Err(entity::Error::NotOwner(_))
-        | Err(entity::Error::Journal(journal::Error::Fenced { .. })) => Ok(Reply::NotOwner),
+        Err(entity::Error::NotOwner(_)) => Ok(Reply::NotOwner),
+        Err(entity::Error::Journal(journal::Error::Fenced { shard, epoch })) => {
+            state.cluster.fenced(shard, epoch);
+            Ok(Reply::NotOwner)
+        }
         Err(error) => Err(error.into()),
     }
 }

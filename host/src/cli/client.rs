@@ -209,7 +209,13 @@ impl Client {
 pub(super) fn print(answer: Answer) -> anyhow::Result<bool> {
     match answer {
         Answer::Ok(value) => {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            use std::io::Write as _;
+            let text = serde_json::to_string_pretty(&value)?;
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                // The reader went away (`allot … | head`): not a failure.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written?,
+            }
             Ok(true)
         }
         Answer::Problem(status, problem) => {

@@ -67,6 +67,12 @@ pub enum Error {
     /// The database failed.
     #[error("cluster membership: {0}")]
     Database(#[from] sqlx::Error),
+    /// Another running node has this node's name.
+    #[error(
+        "a node named `{0}` is running and heartbeating: give every node its own node_id \
+         (ALLOT_NODE_ID)"
+    )]
+    NameTaken(String),
 }
 
 /// A node that owns a shard, as other nodes reach it.
@@ -177,6 +183,9 @@ impl Cluster {
             runtime,
             client: reqwest::Client::builder()
                 .pool_idle_timeout(Duration::from_secs(30))
+                // Nodes talk directly: a proxy could answer for an owner
+                // that had already decided.
+                .no_proxy()
                 .build()
                 .expect("an HTTP client with default TLS-less settings builds"),
             state: Mutex::default(),
@@ -236,6 +245,30 @@ impl Cluster {
         }
     }
 
+    /// Takes note that an append under this epoch of `shard` was fenced:
+    /// another node holds the shard now. Its pools stop here at once, rather
+    /// than at the next renewal, and commands go to the new owner.
+    pub fn fenced(&self, shard: u32, epoch: i64) {
+        let lost = {
+            let mut state = self.inner.state.lock().expect("cluster state");
+            match state.held.get(&shard) {
+                Some(held) if held.epoch == epoch => state.held.remove(&shard).is_some(),
+                _ => false,
+            }
+        };
+        if lost {
+            tracing::warn!(
+                shard,
+                epoch,
+                "an append was fenced: the shard has another owner"
+            );
+            metrics().cluster_leases_lost.inc();
+            let runtime = self.inner.runtime.clone();
+            tokio::spawn(async move { runtime.stop_shards(&HashSet::from([shard])).await });
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Asks the database who owns `pool`'s shard now, after a route failed.
     pub async fn resolve(&self, pool: &PoolId) {
         let shard = pool.shard();
@@ -286,10 +319,12 @@ impl Cluster {
             reason: format!("{}: {e}", owner.node),
         })?;
         if !status.is_success() {
-            // Not a reply of the protocol: a wrong secret, or a node of
-            // another version. Nothing was decided.
+            // Not a reply of the protocol. A wrong secret, a malformed
+            // message or a node without the route decided nothing; any other
+            // status (a gateway's timeout, say) may hide a decision.
+            let refused = matches!(status.as_u16(), 400 | 401 | 404 | 405);
             return Err(ForwardError {
-                sent: false,
+                sent: !refused,
                 reason: format!(
                     "{} answered {status}: {}",
                     owner.node,
@@ -419,7 +454,7 @@ impl Inner {
             .map(|held| held.epoch)
     }
 
-    async fn register(&self) -> Result<(), sqlx::Error> {
+    async fn register(&self) -> Result<(), Error> {
         let previous: Option<(uuid::Uuid, bool)> = sqlx::query_as(
             "SELECT incarnation, heartbeat_at > now() - $2 * interval '1 millisecond'
                FROM nodes WHERE node_id = $1",
@@ -429,11 +464,31 @@ impl Inner {
         .fetch_optional(&self.db)
         .await?;
         if let Some((_, true)) = previous {
-            tracing::warn!(
+            // A crashed run of this node leaves a fresh heartbeat behind for
+            // up to a lease; a node of the same name that still runs keeps
+            // it fresh.
+            tracing::info!(
                 node = %self.settings.node_id,
-                "a node of this name was alive moments ago: if it still runs, the two \
-                 will take shards from each other (appends stay fenced); give every node its own name"
+                "a node of this name was alive moments ago; waiting for its heartbeat to end"
             );
+            let deadline = std::time::Instant::now() + self.settings.lease * 2;
+            loop {
+                tokio::time::sleep(self.settings.tick.min(Duration::from_millis(200))).await;
+                let alive: Option<bool> = sqlx::query_scalar(
+                    "SELECT heartbeat_at > now() - $2 * interval '1 millisecond'
+                       FROM nodes WHERE node_id = $1",
+                )
+                .bind(&self.settings.node_id)
+                .bind(self.lease_ms())
+                .fetch_optional(&self.db)
+                .await?;
+                if alive != Some(true) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::NameTaken(self.settings.node_id.clone()));
+                }
+            }
         }
         sqlx::query(
             "INSERT INTO nodes (node_id, url, incarnation, state) VALUES ($1, $2, $3, 'up')
@@ -466,20 +521,24 @@ impl Inner {
 
     /// One round: heartbeat, renew, look at placement, hand over what
     /// another node wins, take what this node wins and is free.
-    async fn tick(&self) -> Result<(), sqlx::Error> {
+    async fn tick(self: &Arc<Self>) -> Result<(), sqlx::Error> {
         let _turn = self.turn.lock().await;
         let me = &self.settings.node_id;
         let lease_ms = self.lease_ms();
 
+        let leaving = self.state.lock().expect("cluster state").leaving;
         let beat = sqlx::query(
-            "UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1 AND incarnation = $2",
+            "UPDATE nodes SET heartbeat_at = now(),
+                    state = CASE WHEN $3 THEN 'leaving' ELSE state END
+              WHERE node_id = $1 AND incarnation = $2",
         )
         .bind(me)
         .bind(self.incarnation)
+        .bind(leaving)
         .execute(&self.db)
         .await?;
         let replaced = beat.rows_affected() == 0;
-        if replaced && !self.state.lock().expect("cluster state").leaving {
+        if replaced && !leaving {
             tracing::error!(
                 "another process registered as node `{me}`: this one takes no more shards"
             );
@@ -586,7 +645,10 @@ impl Inner {
                 shards = give.len(),
                 "handing shards over to nodes that joined"
             );
-            self.hand_over(give).await;
+            // In the background: the drain must not hold up the renewal
+            // of every other lease this node keeps.
+            let inner = self.clone();
+            tokio::spawn(async move { inner.hand_over(give).await });
         }
         if !take.is_empty() {
             let sent = std::time::Instant::now();
@@ -663,7 +725,18 @@ impl Inner {
                 })
                 .collect()
         };
-        self.runtime.stop_shards(&shards).await;
+        // A pool with a long queue must not keep the shard from its next
+        // owner for long: past a lease, the lease is released anyway, and
+        // whatever the old entities still append is fenced.
+        if tokio::time::timeout(self.settings.lease, self.runtime.stop_shards(&shards))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                shards = shards.len(),
+                "entities did not drain within a lease; releasing their shards anyway"
+            );
+        }
         let (shards, epochs): (Vec<i32>, Vec<i64>) = released.into_iter().unzip();
         let done = self
             .bounded(
@@ -711,8 +784,12 @@ async fn tick_forever(inner: Weak<Inner>) {
             _ = tokio::time::sleep(tick) => {}
             _ = woken => {}
         }
-        if let Err(error) = strong.tick().await {
-            tracing::warn!("cluster tick failed: {error}");
+        // Bounded: a tick stuck on a lost database must not hold the turn
+        // that leaving needs.
+        match tokio::time::timeout(tick.max(Duration::from_millis(100)) * 2, strong.tick()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!("cluster tick failed: {error}"),
+            Err(_) => tracing::warn!("cluster tick took too long; trying again"),
         }
     }
 }

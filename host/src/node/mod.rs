@@ -107,6 +107,13 @@ impl ClusterConfig {
                 self.lease_ms, self.tick_ms
             )));
         }
+        if self.advertise_url.is_some() && self.node_id.is_none() {
+            return Err(wrong(
+                "set node_id (ALLOT_NODE_ID) with advertise_url: nodes on different hosts \
+                 would otherwise share the default name node-<port>"
+                    .to_owned(),
+            ));
+        }
         let node_id = match &self.node_id {
             Some(id) => crate::ids::PoolId::new(id)
                 .map_err(|_| {
