@@ -200,6 +200,23 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// A GET with the test's token, answered 200.
+    async fn get(&self, url: &str, path: &str) -> reqwest::Response {
+        let response = self
+            .client
+            .get(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {url}{path}");
+        response
+    }
+
+    async fn get_json(&self, url: &str, path: &str) -> Value {
+        self.get(url, path).await.json().await.unwrap()
+    }
+
     fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NodeProcess::url).collect()
     }
@@ -393,28 +410,19 @@ impl Load {
                             Err(error) => Err(error),
                         };
                         let mut seen = seen.lock().unwrap();
-                        match result {
+                        let decided = match result {
                             Ok((StatusCode::CREATED, _)) => {
                                 seen.acknowledged.insert((pool.clone(), id));
-                                if let Some(mark) = *mark.lock().unwrap() {
-                                    let now = Instant::now();
-                                    if now > mark {
-                                        seen.recovered.entry(pool.clone()).or_insert(now);
-                                    }
-                                }
+                                true
                             }
                             Ok((StatusCode::CONFLICT, code)) if code == "quota_exhausted" => {
                                 seen.refused += 1;
                                 // A refusal is a decision too: the pool is back.
-                                if let Some(mark) = *mark.lock().unwrap() {
-                                    let now = Instant::now();
-                                    if now > mark {
-                                        seen.recovered.entry(pool.clone()).or_insert(now);
-                                    }
-                                }
+                                true
                             }
                             Ok((status, code)) => {
                                 *seen.failed.entry(format!("{status} {code}")).or_default() += 1;
+                                false
                             }
                             Err(error) => {
                                 let kind = if error.is_connect() {
@@ -423,6 +431,13 @@ impl Load {
                                     "transport"
                                 };
                                 *seen.failed.entry(format!("{kind} via {url}")).or_default() += 1;
+                                false
+                            }
+                        };
+                        if let Some(mark) = *mark.lock().unwrap() {
+                            let now = Instant::now();
+                            if decided && now > mark {
+                                seen.recovered.entry(pool.clone()).or_insert(now);
                             }
                         }
                     }
@@ -477,16 +492,9 @@ async fn any_node_serves_any_pool() {
         // Read through the entity, from a node that does not own it.
         let owner = cluster.owner_of(pool).await;
         let other = cluster.nodes.iter().find(|n| n.id != owner).unwrap();
-        let state: Value = cluster
-            .client
-            .get(format!("{}/v1/pools/{pool}", other.url()))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state = cluster
+            .get_json(&other.url(), &format!("/v1/pools/{pool}"))
+            .await;
         assert_eq!(state["seq_nr"], 3, "{state}");
         // A retry through another node answers the first outcome.
         let again = cluster
@@ -500,16 +508,7 @@ async fn any_node_serves_any_pool() {
         assert_eq!(again.status(), StatusCode::CREATED);
     }
     // The cluster as the API shows it.
-    let status: Value = cluster
-        .client
-        .get(format!("{}/v1/cluster", cluster.urls()[0]))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = cluster.get_json(&cluster.urls()[0], "/v1/cluster").await;
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{status}");
     let shards: i64 = nodes.iter().map(|n| n["shards"].as_i64().unwrap()).sum();
@@ -658,11 +657,8 @@ async fn a_node_paused_past_its_lease_is_fenced() {
     cluster.settled().await;
     // The woken node found its leases taken, and stopped those pools.
     let metrics = cluster
-        .client
-        .get(format!("{}/metrics", cluster.nodes[2].url()))
-        .send()
+        .get(&cluster.nodes[2].url(), "/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -735,15 +731,6 @@ async fn a_second_node_under_a_taken_name_is_refused() {
     // It waited for the name's heartbeat to end (a crashed run's would).
     assert!(started.elapsed() >= Duration::from_millis(LEASE_MS));
     // The first node was not disturbed.
-    let status: Value = cluster
-        .client
-        .get(format!("{}/v1/cluster", first.url()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = cluster.get_json(&first.url(), "/v1/cluster").await;
     assert_eq!(status["nodes"][0]["shards"], 256, "{status}");
 }

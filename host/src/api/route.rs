@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::{ApiError, AppState, MAX_TIMEOUT};
-use crate::cluster::{Forward, Op, POSTCARD, Reply, Route, WireOutcome, view_from_text, view_text};
+use crate::cluster::{Forward, Op, POSTCARD, Reply, Route, from_text, to_text};
 use crate::entity::{self, Outcome, Request};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal;
@@ -160,10 +160,10 @@ async fn local(
 fn answer(reply: Reply) -> Result<Done, ApiError> {
     let malformed = |e: crate::cluster::Malformed| ApiError::internal(&e);
     match reply {
-        Reply::Outcome(outcome) => Ok(Done::Outcome(outcome.into_outcome().map_err(malformed)?)),
+        Reply::Outcome(outcome) => Ok(Done::Outcome(from_text(&outcome).map_err(malformed)?)),
         Reply::View { seq_nr, view } => Ok(Done::View(
             SeqNr(seq_nr),
-            view_from_text(&view).map_err(malformed)?,
+            from_text(&view).map_err(malformed)?,
         )),
         Reply::Problem(problem) => Err(ApiError::from_wire(problem)),
         Reply::NotOwner => unreachable!("handled by the caller"),
@@ -220,10 +220,10 @@ async fn reply_to(state: &AppState, forward: Forward) -> Result<Reply, ApiError>
         Op::View => Work::View,
     };
     match local(state, &pool, deadline, &work).await {
-        Ok(Done::Outcome(outcome)) => Ok(Reply::Outcome(WireOutcome::from(outcome))),
+        Ok(Done::Outcome(outcome)) => Ok(Reply::Outcome(to_text(&outcome))),
         Ok(Done::View(seq_nr, view)) => Ok(Reply::View {
             seq_nr: seq_nr.0,
-            view: view_text(&view),
+            view: to_text(&view),
         }),
         Err(entity::Error::NotOwner(_)) => Ok(Reply::NotOwner),
         Err(entity::Error::Journal(journal::Error::Fenced { shard, epoch })) => {

@@ -26,7 +26,6 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 
 use crate::api::{
     self, ApiError, Body, Caller, CellOut, CreatePool, Created, Decided, Grid, GridPool, GridQuery,
@@ -147,16 +146,13 @@ pub async fn serve(
         tokens: Arc::new(Tokens::new(&config.tokens)?),
         ready: Arc::new(AtomicBool::new(true)),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) =
+        crate::node::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
     eprintln!("the baseline is serving on http://{addr}");
     let ready = state.ready.clone();
     axum::serve(listener, router(state))

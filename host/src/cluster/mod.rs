@@ -37,12 +37,28 @@ use crate::metrics::metrics;
 
 pub use placement::shards_of;
 pub use wire::{
-    FORWARD_PATH, Forward, Malformed, Op, POSTCARD, Reply, WireOutcome, WireProblem,
-    view_from_text, view_text,
+    FORWARD_PATH, Forward, Malformed, Op, POSTCARD, Reply, WireProblem, from_text, to_text,
 };
 
 /// The channel nodes wake each other on.
 const CHANNEL: &str = "allot_cluster";
+
+/// Sets the expiry of this node's leases ($1) on shards ($2) that it holds
+/// under these epochs ($3) to $4 ms from now (0 releases them); returns the
+/// shards it still held. Rows are locked in shard order, as by every
+/// statement on several leases, so that nodes renewing, taking and
+/// releasing at once never wait on each other in a cycle.
+const SET_EXPIRY: &str = "
+WITH mine AS (
+    SELECT l.shard FROM shard_leases l
+      JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+        ON l.shard = h.shard AND l.epoch = h.epoch
+     WHERE l.owner_node = $1
+     ORDER BY l.shard FOR UPDATE OF l
+)
+UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
+  FROM mine WHERE l.shard = mine.shard
+RETURNING l.shard";
 
 /// How a node takes part in the cluster.
 #[derive(Clone, Debug)]
@@ -557,24 +573,13 @@ impl Inner {
         };
         if !shards.is_empty() {
             let sent = std::time::Instant::now();
-            let renewed: Vec<i32> = sqlx::query_scalar(
-                "WITH mine AS (
-                     SELECT l.shard FROM shard_leases l
-                       JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
-                         ON l.shard = h.shard AND l.epoch = h.epoch
-                      WHERE l.owner_node = $1
-                      ORDER BY l.shard FOR UPDATE OF l
-                 )
-                 UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
-                   FROM mine WHERE l.shard = mine.shard
-                 RETURNING l.shard",
-            )
-            .bind(me)
-            .bind(&shards)
-            .bind(&epochs)
-            .bind(lease_ms)
-            .fetch_all(&self.db)
-            .await?;
+            let renewed: Vec<i32> = sqlx::query_scalar(SET_EXPIRY)
+                .bind(me)
+                .bind(&shards)
+                .bind(&epochs)
+                .bind(lease_ms)
+                .fetch_all(&self.db)
+                .await?;
             let renewed: HashSet<u32> = renewed.into_iter().map(|s| s as u32).collect();
             let lost: HashSet<u32> = {
                 let mut state = self.state.lock().expect("cluster state");
@@ -604,9 +609,7 @@ impl Inner {
             }
         }
 
-        // Placement among the live nodes. (Every statement on several
-        // leases locks them in shard order, so that nodes renewing, taking
-        // and releasing at once never wait on each other in a cycle.)
+        // Placement among the live nodes.
         let live: Vec<(String, String)> = sqlx::query_as(
             "SELECT node_id, url FROM nodes
               WHERE state = 'up' AND heartbeat_at > now() - $1 * interval '1 millisecond'
@@ -654,6 +657,7 @@ impl Inner {
             let sent = std::time::Instant::now();
             // Free leases only: expired or released, or held by this node's
             // previous run. Each take raises the epoch, fencing older writers.
+            // In shard order, like SET_EXPIRY.
             let taken: Vec<(i32, i64)> = sqlx::query_as(
                 "INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
                  SELECT s, $1, 1, now() + $3 * interval '1 millisecond'
@@ -740,21 +744,13 @@ impl Inner {
         let (shards, epochs): (Vec<i32>, Vec<i64>) = released.into_iter().unzip();
         let done = self
             .bounded(
-                sqlx::query(
-                    "WITH mine AS (
-                         SELECT l.shard FROM shard_leases l
-                           JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
-                             ON l.shard = h.shard AND l.epoch = h.epoch
-                          WHERE l.owner_node = $1
-                          ORDER BY l.shard FOR UPDATE OF l
-                     )
-                     UPDATE shard_leases l SET expires_at = now()
-                       FROM mine WHERE l.shard = mine.shard",
-                )
-                .bind(&self.settings.node_id)
-                .bind(&shards)
-                .bind(&epochs)
-                .execute(&self.db),
+                // Expiring now releases them.
+                sqlx::query(SET_EXPIRY)
+                    .bind(&self.settings.node_id)
+                    .bind(&shards)
+                    .bind(&epochs)
+                    .bind(0_i64)
+                    .execute(&self.db),
             )
             .await;
         match done {

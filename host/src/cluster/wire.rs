@@ -1,15 +1,14 @@
 //! What nodes send each other: a command or a strongly consistent read for
 //! a pool another node owns, and its answer, as postcard over HTTP.
 //!
-//! Postcard is not self-describing, so the JSON documents inside commands,
-//! outcomes and views travel as text.
+//! Postcard is not self-describing, so outcomes and views travel as their
+//! JSON text, and the raw JSON inside commands as text.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::entity::{Outcome, Request};
-use crate::ids::SeqNr;
-use crate::sandbox::{Command, Context, Json, View};
+use crate::entity::Request;
+use crate::sandbox::{Command, Context};
 
 /// The internal route forwarded work is posted to.
 pub const FORWARD_PATH: &str = "/internal/v1/forward";
@@ -46,7 +45,9 @@ pub enum Op {
     View,
 }
 
-/// A [`Command`], with its JSON as text.
+/// A [`Command`] as postcard can carry it. Not the command itself: its
+/// JSON form is internally tagged with raw JSON inside, which serde can
+/// write but not read back, and postcard takes neither.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WireCommand {
     /// See [`Command::Reserve`].
@@ -75,11 +76,48 @@ pub enum WireCommand {
     },
 }
 
+impl From<&Command> for WireCommand {
+    fn from(command: &Command) -> Self {
+        match command {
+            Command::Reserve { id, request } => WireCommand::Reserve {
+                id: id.clone(),
+                request: request.get().to_owned(),
+            },
+            Command::Release { id } => WireCommand::Release { id: id.clone() },
+            Command::Confirm { id } => WireCommand::Confirm { id: id.clone() },
+            Command::Custom { name, payload } => WireCommand::Custom {
+                name: name.clone(),
+                payload: payload.get().to_owned(),
+            },
+        }
+    }
+}
+
+impl WireCommand {
+    /// The command it carries.
+    pub fn into_command(self) -> Result<Command, Malformed> {
+        let json = |text: String| RawValue::from_string(text).map_err(Malformed);
+        Ok(match self {
+            WireCommand::Reserve { id, request } => Command::Reserve {
+                id,
+                request: json(request)?,
+            },
+            WireCommand::Release { id } => Command::Release { id },
+            WireCommand::Confirm { id } => Command::Confirm { id },
+            WireCommand::Custom { name, payload } => Command::Custom {
+                name,
+                payload: json(payload)?,
+            },
+        })
+    }
+}
+
 /// The owner's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    /// The command was decided (and, if accepted, is in the journal).
-    Outcome(WireOutcome),
+    /// The command was decided (and, if accepted, is in the journal): the
+    /// [`crate::entity::Outcome`] as JSON text.
+    Outcome(String),
     /// The pool's state, as read through its entity.
     View {
         /// The seq it is as of.
@@ -91,32 +129,6 @@ pub enum Reply {
     NotOwner,
     /// The command failed: the problem the owner's API would answer.
     Problem(WireProblem),
-}
-
-/// An [`Outcome`], with its events as JSON text.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WireOutcome {
-    /// See [`Outcome::Accepted`].
-    Accepted {
-        /// The pool's seq after the events.
-        seq_nr: i64,
-        /// The events, as JSON text.
-        events: Vec<String>,
-    },
-    /// See [`Outcome::Rejected`].
-    Rejected {
-        /// The problem's code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
-    /// See [`Outcome::Invalid`].
-    Invalid {
-        /// The problem's code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
 }
 
 /// An API problem as it travels between nodes.
@@ -137,105 +149,35 @@ pub struct WireProblem {
 /// Why a forwarded body could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("a forwarded message is malformed: {0}")]
-pub struct Malformed(String);
+pub struct Malformed(#[from] serde_json::Error);
 
-fn json(text: String) -> Result<Json, Malformed> {
-    RawValue::from_string(text).map_err(|e| Malformed(e.to_string()))
+/// A document as JSON text.
+pub fn to_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("commands, outcomes and views serialize")
+}
+
+/// A document read back from JSON text.
+pub fn from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Malformed> {
+    Ok(serde_json::from_str(text)?)
 }
 
 impl Op {
     /// The op that asks the owner to decide `request`.
     pub fn execute(request: &Request) -> Self {
-        let command = match &request.command {
-            Command::Reserve { id, request } => WireCommand::Reserve {
-                id: id.clone(),
-                request: request.get().to_owned(),
-            },
-            Command::Release { id } => WireCommand::Release { id: id.clone() },
-            Command::Confirm { id } => WireCommand::Confirm { id: id.clone() },
-            Command::Custom { name, payload } => WireCommand::Custom {
-                name: name.clone(),
-                payload: payload.get().to_owned(),
-            },
-        };
         Op::Execute {
             context: request.context.clone(),
-            command,
+            command: WireCommand::from(&request.command),
             actor: request.actor.clone(),
             idempotency_key: request.idempotency_key.clone(),
         }
     }
 }
 
-impl WireCommand {
-    /// The command it carries.
-    pub fn into_command(self) -> Result<Command, Malformed> {
-        Ok(match self {
-            WireCommand::Reserve { id, request } => Command::Reserve {
-                id,
-                request: json(request)?,
-            },
-            WireCommand::Release { id } => Command::Release { id },
-            WireCommand::Confirm { id } => Command::Confirm { id },
-            WireCommand::Custom { name, payload } => Command::Custom {
-                name,
-                payload: json(payload)?,
-            },
-        })
-    }
-}
-
-impl From<Outcome> for WireOutcome {
-    fn from(outcome: Outcome) -> Self {
-        match outcome {
-            Outcome::Accepted { seq_nr, events } => WireOutcome::Accepted {
-                seq_nr: seq_nr.0,
-                events: events.into_iter().map(|e| e.get().to_owned()).collect(),
-            },
-            Outcome::Rejected { problem } => WireOutcome::Rejected {
-                code: problem.code,
-                message: problem.message,
-            },
-            Outcome::Invalid { problem } => WireOutcome::Invalid {
-                code: problem.code,
-                message: problem.message,
-            },
-        }
-    }
-}
-
-impl WireOutcome {
-    /// The outcome it carries.
-    pub fn into_outcome(self) -> Result<Outcome, Malformed> {
-        use crate::sandbox::Problem;
-        Ok(match self {
-            WireOutcome::Accepted { seq_nr, events } => Outcome::Accepted {
-                seq_nr: SeqNr(seq_nr),
-                events: events.into_iter().map(json).collect::<Result<_, _>>()?,
-            },
-            WireOutcome::Rejected { code, message } => Outcome::Rejected {
-                problem: Problem { code, message },
-            },
-            WireOutcome::Invalid { code, message } => Outcome::Invalid {
-                problem: Problem { code, message },
-            },
-        })
-    }
-}
-
-/// A view as JSON text.
-pub fn view_text(view: &View) -> String {
-    serde_json::to_string(view).expect("views serialize")
-}
-
-/// A view read back from JSON text.
-pub fn view_from_text(text: &str) -> Result<View, Malformed> {
-    serde_json::from_str(text).map_err(|e| Malformed(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity::Outcome;
+    use crate::ids::SeqNr;
     use crate::sandbox::Role;
 
     #[test]
@@ -280,11 +222,11 @@ mod tests {
             seq_nr: SeqNr(12),
             events: vec![RawValue::from_string(r#"{"type":"reserved"}"#.into()).unwrap()],
         };
-        let bytes = postcard::to_stdvec(&Reply::Outcome(outcome.into())).unwrap();
+        let bytes = postcard::to_stdvec(&Reply::Outcome(to_text(&outcome))).unwrap();
         let Reply::Outcome(back) = postcard::from_bytes(&bytes).unwrap() else {
             panic!("not an outcome");
         };
-        match back.into_outcome().unwrap() {
+        match from_text::<Outcome>(&back).unwrap() {
             Outcome::Accepted { seq_nr, events } => {
                 assert_eq!(seq_nr, SeqNr(12));
                 assert_eq!(events[0].get(), r#"{"type":"reserved"}"#);

@@ -388,13 +388,7 @@ impl Node {
             (None, None) => return Err(Error::NoDatabase),
         };
         // Bound first: with port 0 the cluster must advertise the real port.
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| Error::Listen {
+        let (listener, addr) = bind(config.listen).await.map_err(|source| Error::Listen {
             addr: config.listen,
             source,
         })?;
@@ -511,6 +505,14 @@ impl Node {
                 .ok();
         }
     }
+}
+
+/// Listens on `addr`; returns the listener and the address it took (the
+/// port chosen when `addr` asks for port 0).
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
 }
 
 /// Uploads a plugin file named in the config to the registry, and activates
