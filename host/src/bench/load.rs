@@ -10,8 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
-use reqwest::{Client, Method, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 
 /// More requests than this unanswered at once count as errors of the
 /// target without being sent: the generator's memory stays bounded.
@@ -20,12 +26,26 @@ const MAX_IN_FLIGHT: u64 = 20_000;
 /// How long the generator waits for the last answers after the schedule.
 const DRAIN: Duration = Duration::from_secs(15);
 
-/// One request to send.
+/// How long one request may take before it counts as a client timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections each sender opens to each node before a run, as a client
+/// with a warm connection pool would have: more are opened when more
+/// requests are in flight at once, up to [`MAX_CONNECTIONS`].
+const WARM_CONNECTIONS: usize = 32;
+
+/// Most connections each sender keeps to each node. Requests beyond wait
+/// for a free one (their latency still counts from when they were due),
+/// as behind any client's connection pool: a stalled target is not hit
+/// with a storm of new connections.
+const MAX_CONNECTIONS: usize = 256;
+
+/// One request to send, to the node the generator picks for it.
 pub struct Shot {
     /// GET or POST.
     pub method: Method,
-    /// The whole URL.
-    pub url: String,
+    /// Path and query.
+    pub path: String,
     /// A JSON body, for a POST.
     pub body: Option<String>,
     /// The ledger entry counting this request's acceptances, for a reservation.
@@ -33,7 +53,7 @@ pub struct Shot {
 }
 
 /// What to send: `rate` requests a second for `duration`, the `i`-th made
-/// by `shot(i)`.
+/// by `shot(i)` and sent to node `i % nodes`.
 pub struct Plan {
     /// Requests per second.
     pub rate: f64,
@@ -73,8 +93,10 @@ impl Ledger {
 /// Where to send, as whom.
 #[derive(Clone)]
 pub struct Caller {
-    /// The HTTP client (its connection pool is shared by all requests).
-    pub client: Client,
+    /// For the requests around the load (making pools, probes).
+    pub client: reqwest::Client,
+    /// The base URLs of the target's nodes (`http://host:port`).
+    pub nodes: Arc<[String]>,
     /// The bearer token.
     pub token: Arc<str>,
     /// Counts acceptances.
@@ -97,6 +119,10 @@ pub struct Report {
     pub rejected: BTreeMap<String, u64>,
     /// Everything else, by status and code, or by transport failure.
     pub errors: BTreeMap<String, u64>,
+    /// Cores the load generator kept busy, on average.
+    pub generator_cpu: Option<f64>,
+    /// Cores the target kept busy, on average, when it runs here.
+    pub target_cpu: Option<f64>,
 }
 
 impl Report {
@@ -109,6 +135,8 @@ impl Report {
             ok: 0,
             rejected: BTreeMap::new(),
             errors: BTreeMap::new(),
+            generator_cpu: None,
+            target_cpu: None,
         }
     }
 
@@ -156,59 +184,56 @@ enum Answer {
 
 /// Runs a plan against a target and reports. `interval` is called with
 /// each interval's figures when the plan asks for them.
-pub async fn run(caller: &Caller, plan: Plan, mut interval: impl FnMut(&Report)) -> Report {
+///
+/// The requests are dealt to `threads` sender threads in turn. Each sender
+/// runs a single-threaded runtime that wakes when its next request is due,
+/// with its own keep-alive HTTP/1.1 connections, so a request is scheduled,
+/// written, answered and recorded on one thread: the generator costs the
+/// machine little besides the syscalls, and leaves the cores to the
+/// systems it measures.
+pub async fn run(
+    caller: &Caller,
+    plan: Plan,
+    threads: usize,
+    mut interval: impl FnMut(&Report),
+) -> anyhow::Result<Report> {
     let total = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
-    let whole = Arc::new(Mutex::new(Report::new(plan.rate)));
-    let recent = plan
-        .report_every
-        .map(|_| Arc::new(Mutex::new(Report::new(plan.rate))));
-    let in_flight = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + Duration::from_millis(5);
-
-    let scheduler = {
-        let (caller, whole, recent, in_flight) = (
-            caller.clone(),
-            whole.clone(),
-            recent.clone(),
-            in_flight.clone(),
-        );
-        let runtime = tokio::runtime::Handle::current();
-        let (rate, shot) = (plan.rate, plan.shot.clone());
-        std::thread::spawn(move || {
-            let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
-            let mut i = 0;
-            while i < total {
-                let now = Instant::now();
-                if due(i) > now {
-                    std::thread::sleep(due(i) - now);
-                    continue;
-                }
-                // Everything due by now goes out at once.
-                while i < total && due(i) <= now {
-                    let shot = shot(i);
-                    if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                        let answer = Answer::Error(format!("not sent: {MAX_IN_FLIGHT} in flight"));
-                        whole.lock().unwrap().record(0, answer);
-                    } else {
-                        in_flight.fetch_add(1, Ordering::Relaxed);
-                        runtime.spawn(fire(
-                            caller.clone(),
-                            shot,
-                            due(i),
-                            (whole.clone(), recent.clone()),
-                            in_flight.clone(),
-                        ));
-                    }
-                    i += 1;
-                }
-            }
-        })
+    let reports = Reports {
+        whole: Arc::new(Mutex::new(Report::new(plan.rate))),
+        recent: plan
+            .report_every
+            .map(|_| Arc::new(Mutex::new(Report::new(plan.rate)))),
     };
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds(std::process::id());
+    let senders = (0..threads.max(1))
+        .map(|_| Sender::start(caller, reports.clone(), in_flight.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for sender in &senders {
+        sender.warm_up().await?;
+    }
+    let start = Instant::now() + Duration::from_millis(5);
+    let schedule = Arc::new(Schedule {
+        start,
+        rate: plan.rate,
+        total,
+        every: senders.len() as u64,
+        nodes: caller.nodes.len() as u64,
+        shot: plan.shot.clone(),
+    });
+    let mut pacers: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(k, sender)| {
+            let (schedule, shared) = (schedule.clone(), sender.shared.clone());
+            sender.runtime.spawn(pace(schedule, k as u64, shared))
+        })
+        .collect();
 
-    if let (Some(every), Some(recent)) = (plan.report_every, &recent) {
+    if let (Some(every), Some(recent)) = (plan.report_every, &reports.recent) {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::from_std(start) + every, every);
-        while !scheduler.is_finished() {
+        while !pacers.iter().all(|p| p.is_finished()) {
             tick.tick().await;
             let mut figures =
                 std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
@@ -216,46 +241,251 @@ pub async fn run(caller: &Caller, plan: Plan, mut interval: impl FnMut(&Report))
             interval(&figures);
         }
     }
-    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    for pacer in &mut pacers {
+        pacer.await??;
+    }
     let drained_by = Instant::now() + DRAIN;
     while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut report = std::mem::replace(&mut *whole.lock().unwrap(), Report::new(plan.rate));
+    let elapsed = start.elapsed();
     let unanswered = in_flight.load(Ordering::Relaxed);
+    // What is still in flight is dropped with the senders' runtimes.
+    let stopped = tokio::task::spawn_blocking(move || senders.into_iter().for_each(Sender::stop));
+    let _ = stopped.await;
+    let mut report = std::mem::replace(&mut *reports.whole.lock().unwrap(), Report::new(plan.rate));
     if unanswered > 0 {
         *report.errors.entry("unanswered".into()).or_default() += unanswered;
     }
     report.sent = total;
-    report.elapsed = start.elapsed();
-    report
+    report.elapsed = elapsed;
+    report.generator_cpu = cores(cpu_before, std::process::id(), elapsed);
+    Ok(report)
 }
 
-/// Sends one request and records its answer in each report.
-async fn fire(
-    caller: Caller,
-    shot: Shot,
-    due: Instant,
-    reports: (Arc<Mutex<Report>>, Option<Arc<Mutex<Report>>>),
-    in_flight: Arc<AtomicU64>,
-) {
-    let mut request = caller
-        .client
-        .request(shot.method, &shot.url)
-        .bearer_auth(&*caller.token);
-    if let Some(body) = shot.body {
-        request = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+/// When each request is due, and what it is.
+struct Schedule {
+    start: Instant,
+    rate: f64,
+    total: u64,
+    /// Sender `k` sends requests `k`, `k + every`, `k + 2 every`, ….
+    every: u64,
+    nodes: u64,
+    shot: Arc<dyn Fn(u64) -> Shot + Send + Sync>,
+}
+
+impl Schedule {
+    fn due(&self, i: u64) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
     }
-    let answer = match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            // Read to the end, so that the connection is reused.
-            let body = response.bytes().await.unwrap_or_default();
-            if status.is_success() {
-                if let Some(pool) = shot.pool {
-                    caller.ledger.accept(pool);
+}
+
+/// Most requests sent in one go before the answers get a turn.
+const BURST: usize = 64;
+
+/// Sends sender `k`'s share of the schedule, each request when it is due,
+/// whether or not earlier ones were answered.
+async fn pace(schedule: Arc<Schedule>, k: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut alarm = Alarm::new()?;
+    let mut i = k;
+    while i < schedule.total {
+        let now = Instant::now();
+        let due = schedule.due(i);
+        if due > now {
+            alarm.sleep(due - now).await?;
+            continue;
+        }
+        // Everything due by now goes out at once, a burst at a time.
+        let mut sent = 0;
+        while i < schedule.total && schedule.due(i) <= now && sent < BURST {
+            let shot = (schedule.shot)(i);
+            if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                let answer = Answer::Error(format!("not sent: {MAX_IN_FLIGHT} in flight"));
+                shared.reports.whole.lock().unwrap().record(0, answer);
+            } else {
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                let node = (i % schedule.nodes) as usize;
+                tokio::spawn(fire(shared.clone(), node, shot, schedule.due(i)));
+            }
+            i += schedule.every;
+            sent += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
+/// Wakes its thread's runtime after a delay, to the microsecond on Linux:
+/// tokio's own timers tick in milliseconds, which would send a
+/// millisecond's requests in one burst and count the wait against the target.
+#[cfg(target_os = "linux")]
+struct Alarm(tokio::io::unix::AsyncFd<timerfd::TimerFd>);
+
+#[cfg(target_os = "linux")]
+impl Alarm {
+    fn new() -> std::io::Result<Self> {
+        use timerfd::{ClockId, TimerFd};
+        let timer = TimerFd::new_custom(ClockId::Monotonic, true, true)?;
+        // Sound, which the deprecation cannot know: the descriptor is owned
+        // by the TimerFd, which the AsyncFd owns until both are dropped.
+        #[allow(deprecated)]
+        let registered =
+            tokio::io::unix::AsyncFd::with_interest(timer, tokio::io::Interest::READABLE)?;
+        Ok(Self(registered))
+    }
+
+    async fn sleep(&mut self, delay: Duration) -> std::io::Result<()> {
+        use timerfd::{SetTimeFlags, TimerState};
+        self.0
+            .get_mut()
+            .set_state(TimerState::Oneshot(delay), SetTimeFlags::Default);
+        loop {
+            let mut ready = self.0.readable_mut().await?;
+            if ready.get_inner().read() > 0 {
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
+/// Elsewhere, tokio's millisecond timer: requests go out in bursts, and the
+/// figures carry up to a millisecond of the generator's own lateness.
+#[cfg(not(target_os = "linux"))]
+struct Alarm;
+
+#[cfg(not(target_os = "linux"))]
+impl Alarm {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn sleep(&mut self, delay: Duration) -> std::io::Result<()> {
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+/// Where answers are recorded: the whole run, and the current interval.
+#[derive(Clone)]
+struct Reports {
+    whole: Arc<Mutex<Report>>,
+    recent: Option<Arc<Mutex<Report>>>,
+}
+
+/// A sender thread: a single-threaded runtime that writes requests and
+/// reads their answers.
+struct Sender {
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What a sender's requests share.
+struct Shared {
+    nodes: Vec<Node>,
+    auth: HeaderValue,
+    ledger: Arc<Ledger>,
+    reports: Reports,
+    in_flight: Arc<AtomicU64>,
+}
+
+/// One node of the target, with this sender's idle connections to it.
+struct Node {
+    authority: String,
+    host: HeaderValue,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// A permit per connection that may be in use.
+    slots: tokio::sync::Semaphore,
+}
+
+impl Sender {
+    fn start(caller: &Caller, reports: Reports, in_flight: Arc<AtomicU64>) -> anyhow::Result<Self> {
+        let nodes = caller
+            .nodes
+            .iter()
+            .map(|url| {
+                let authority = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("the load generator speaks plain HTTP: `{url}`")
+                    })?
+                    .trim_end_matches('/');
+                Ok(Node {
+                    authority: authority.to_owned(),
+                    host: HeaderValue::from_str(authority)?,
+                    idle: Mutex::new(Vec::new()),
+                    slots: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let shared = Arc::new(Shared {
+            nodes,
+            auth: HeaderValue::from_str(&format!("Bearer {}", caller.token))?,
+            ledger: caller.ledger.clone(),
+            reports,
+            in_flight,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-send".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            runtime: handle,
+            shared,
+            stop,
+            thread,
+        })
+    }
+
+    /// Opens the warm connections.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let warm = self.runtime.spawn(async move {
+            for node in &shared.nodes {
+                for _ in 0..WARM_CONNECTIONS {
+                    let connection = connect(&node.authority)
+                        .await
+                        .with_context(|| format!("connecting to {}", node.authority))?;
+                    node.idle.lock().unwrap().push(connection);
+                }
+            }
+            anyhow::Ok(())
+        });
+        warm.await?
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Sends one request, records its answer, and keeps the connection for
+/// the next one when it is still good.
+async fn fire(shared: Arc<Shared>, node: usize, shot: Shot, due: Instant) {
+    let pool = shot.pool;
+    let sent = async {
+        let slot = shared.nodes[node].slots.acquire().await;
+        let answer = send(&shared, node, shot).await;
+        (slot, answer)
+    };
+    let (slot, answer) = match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
+        Ok((slot, answer)) => (slot.ok(), Ok(answer)),
+        Err(elapsed) => (None, Err(elapsed)),
+    };
+    let (answer, connection) = match answer {
+        Ok(Ok((status, body, connection))) => {
+            let answer = if status.is_success() {
+                if let Some(pool) = pool {
+                    shared.ledger.accept(pool);
                 }
                 Answer::Ok
             } else {
@@ -268,19 +498,93 @@ async fn fire(
                 } else {
                     Answer::Error(format!("{} {code}", status.as_u16()))
                 }
-            }
+            };
+            (answer, Some(connection))
         }
-        Err(e) if e.is_timeout() => Answer::Error("client timeout".into()),
-        Err(e) if e.is_connect() => Answer::Error("cannot connect".into()),
-        Err(_) => Answer::Error("transport".into()),
+        Ok(Err(what)) => (Answer::Error(what.into()), None),
+        Err(_) => (Answer::Error("client timeout".into()), None),
     };
     let micros = due.elapsed().as_micros() as u64;
-    let (whole, recent) = reports;
-    if let Some(recent) = recent {
+    if let Some(recent) = &shared.reports.recent {
         recent.lock().unwrap().record(micros, answer.clone());
     }
-    whole.lock().unwrap().record(micros, answer);
-    in_flight.fetch_sub(1, Ordering::Relaxed);
+    shared.reports.whole.lock().unwrap().record(micros, answer);
+    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if let Some(mut connection) = connection
+        && connection.ready().await.is_ok()
+    {
+        shared.nodes[node].idle.lock().unwrap().push(connection);
+    }
+    drop(slot);
+}
+
+/// Writes a request on an idle connection to the node, or a new one, and
+/// reads the whole answer.
+async fn send(
+    shared: &Shared,
+    node: usize,
+    shot: Shot,
+) -> Result<(StatusCode, Bytes, SendRequest<Full<Bytes>>), &'static str> {
+    let node = &shared.nodes[node];
+    let idle = loop {
+        match node.idle.lock().unwrap().pop() {
+            Some(connection) if connection.is_closed() => continue,
+            found => break found,
+        }
+    };
+    let mut connection = match idle {
+        Some(connection) => connection,
+        None => connect(&node.authority)
+            .await
+            .map_err(|_| "cannot connect")?,
+    };
+    let mut request = Request::builder()
+        .method(shot.method)
+        .uri(shot.path)
+        .header(HOST, node.host.clone())
+        .header(AUTHORIZATION, shared.auth.clone());
+    if shot.body.is_some() {
+        request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let request = request
+        .body(Full::new(shot.body.map(Bytes::from).unwrap_or_default()))
+        .map_err(|_| "bad request")?;
+    let response = connection
+        .send_request(request)
+        .await
+        .map_err(|_| "transport")?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| "transport")?
+        .to_bytes();
+    Ok((status, body, connection))
+}
+
+/// Opens a keep-alive connection; its I/O runs as a task of this sender.
+async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (connection, io) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(io);
+    Ok(connection)
+}
+
+/// CPU time a process has used so far, in seconds, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces): user
+    // and system time are the 12th and 13th, in ticks of 1/100 s.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Cores a process kept busy since it had used `before` seconds of CPU.
+pub fn cores(before: Option<f64>, pid: u32, elapsed: Duration) -> Option<f64> {
+    Some((cpu_seconds(pid)? - before?) / elapsed.as_secs_f64().max(1e-9))
 }
 
 /// A well-spread pseudo-random number from `i` (splitmix64), to pick pools

@@ -90,10 +90,10 @@ pub struct BenchArgs {
     /// the load generator, fewer threads wake each other less often.
     #[arg(long)]
     server_threads: Option<usize>,
-    /// Worker threads of the load generator's runtime; one per core when
-    /// not given.
-    #[arg(long)]
-    pub(crate) client_threads: Option<usize>,
+    /// Threads of the load generator that send requests and read answers,
+    /// each with its own connections.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
     /// Database connections each target may open.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -230,6 +230,7 @@ struct Bench {
     session: String,
     runs: u64,
     churn: u64,
+    client_threads: usize,
     comparisons: Vec<Comparison>,
     _postgres: Option<EmbeddedPostgres>,
     _dir: TempDir,
@@ -344,6 +345,7 @@ impl Bench {
             session,
             runs: 0,
             churn: args.churn,
+            client_threads: args.client_threads,
             comparisons: Vec::new(),
             _postgres: postgres,
             _dir: dir,
@@ -375,7 +377,8 @@ impl Bench {
                 shot: self.shots(t, Load::Mixed, &[], 2),
                 report_every: None,
             };
-            let report = load::run(&self.targets[t].caller, warm, |_| {}).await;
+            let report =
+                load::run(&self.targets[t].caller, warm, self.client_threads, |_| {}).await?;
             if report.error_count() > 0 {
                 bail!(
                     "warming up {} failed: {:?}",
@@ -389,7 +392,7 @@ impl Bench {
 
     async fn run_scenarios(&mut self, args: &BenchArgs) -> anyhow::Result<bool> {
         println!(
-            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  errors",
+            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}  errors",
             "scenario",
             "target",
             "offered/s",
@@ -399,7 +402,8 @@ impl Bench {
             "p99 ms",
             "p99.9 ms",
             "max ms",
-            "rss MiB"
+            "rss MiB",
+            "cpu t/g"
         );
         let mut ok = true;
         for scenario in &args.scenarios {
@@ -458,7 +462,9 @@ impl Bench {
         };
         let target = &self.targets[t];
         let name = target.design.name();
-        let report = load::run(&target.caller, plan, |interval| {
+        let pid = target.server.as_ref().and_then(Server::pid);
+        let cpu_before = pid.and_then(load::cpu_seconds);
+        let mut report = load::run(&target.caller, plan, self.client_threads, |interval| {
             print_row(
                 &format!("{} …", load.name()),
                 name,
@@ -466,7 +472,8 @@ impl Bench {
                 target.rss_mib(),
             );
         })
-        .await;
+        .await?;
+        report.target_cpu = pid.and_then(|pid| load::cores(cpu_before, pid, report.elapsed));
         print_row(load.name(), name, &report, target.rss_mib());
         // Let the target finish what it queued before the next run.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -491,7 +498,6 @@ impl Bench {
         .into_iter()
         .map(|i| (i, target.pool(i).to_owned()))
         .collect();
-        let bases = target.urls.clone();
         let run = format!("{}-{}", self.session, self.runs);
         let churn = if warm_up > 0 { 0 } else { self.churn };
         // Every `stride`-th request writes; the rest of a mixed load reads.
@@ -501,7 +507,6 @@ impl Bench {
             _ => 1,
         };
         Arc::new(move |i| {
-            let base = &bases[(i % bases.len() as u64) as usize];
             let n = pools.len() as u64;
             // Warming up visits every pool in turn; the load picks at random.
             let pick = |i: u64| match i.checked_div(warm_up) {
@@ -512,7 +517,7 @@ impl Bench {
                 let (_, id) = pick(i);
                 return Shot {
                     method: Method::GET,
-                    url: format!("{base}/v1/grid?prefix={id}&limit=1"),
+                    path: format!("/v1/grid?prefix={id}&limit=1"),
                     body: None,
                     pool: None,
                 };
@@ -525,7 +530,7 @@ impl Bench {
                 let (_, id) = pick(made);
                 return Shot {
                     method: Method::POST,
-                    url: format!("{base}/v1/pools/{id}/reservations/r{run}-{made}/release"),
+                    path: format!("/v1/pools/{id}/reservations/r{run}-{made}/release"),
                     body: None,
                     pool: None,
                 };
@@ -533,7 +538,7 @@ impl Bench {
             let (pool, id) = pick(i);
             Shot {
                 method: Method::POST,
-                url: format!("{base}/v1/pools/{id}/reservations"),
+                path: format!("/v1/pools/{id}/reservations"),
                 body: Some(format!(r#"{{"id":"r{run}-{i}","request":{{"units":1}}}}"#)),
                 pool: Some(*pool),
             }
@@ -554,7 +559,6 @@ impl Bench {
             let run = format!("{}-{}", self.session, self.runs);
             self.runs += 1;
             let target = &self.targets[t];
-            let bases = target.urls.clone();
             let named: Vec<(usize, String)> = pools
                 .iter()
                 .map(|&i| (i, target.pool(i).to_owned()))
@@ -563,18 +567,17 @@ impl Bench {
                 rate,
                 duration: Duration::from_secs_f64(offered as f64 / rate),
                 shot: Arc::new(move |i| {
-                    let base = &bases[(i % bases.len() as u64) as usize];
                     let (pool, id) = &named[(i % named.len() as u64) as usize];
                     Shot {
                         method: Method::POST,
-                        url: format!("{base}/v1/pools/{id}/reservations"),
+                        path: format!("/v1/pools/{id}/reservations"),
                         body: Some(format!(r#"{{"id":"s{run}-{i}","request":{{"units":1}}}}"#)),
                         pool: Some(*pool),
                     }
                 }),
                 report_every: None,
             };
-            let report = load::run(&target.caller, plan, |_| {}).await;
+            let report = load::run(&target.caller, plan, self.client_threads, |_| {}).await?;
             print_row("sellout", target.design.name(), &report, target.rss_mib());
             let taken: u64 = pools
                 .iter()
@@ -615,6 +618,9 @@ impl Bench {
             };
             let mut best = Vec::new();
             for t in 0..self.targets.len() {
+                // Each sweep starts on a quiet database, not in the vacuum
+                // and checkpoint that the writes before it call for.
+                self.targets[t].settle().await;
                 let (mut rate, mut passed, mut failed) = (start, 0.0_f64, f64::INFINITY);
                 for _ in 0..args.steps {
                     // A step that misses is run once more: one stall of a
@@ -763,7 +769,7 @@ fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
             .join(", ")
     };
     println!(
-        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9}  {}",
+        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9}  {}",
         scenario,
         target,
         thousands(report.offered),
@@ -774,6 +780,11 @@ fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
         report.ms(0.999),
         report.max_ms(),
         rss.map_or("-".to_owned(), |mib| format!("{mib:.0}")),
+        match (report.target_cpu, report.generator_cpu) {
+            (Some(t), Some(g)) => format!("{t:.2}/{g:.2}"),
+            (None, Some(g)) => format!("-/{g:.2}"),
+            _ => "-".to_owned(),
+        },
         errors
     );
 }

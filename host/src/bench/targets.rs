@@ -167,13 +167,12 @@ pub async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<Strin
 pub struct Target {
     /// Its design.
     pub design: Design,
-    /// Its API: one node's, or every node's of a cluster, sent to in turn.
-    pub urls: Vec<String>,
     /// Its database, for the final check; none when it was not given.
     pub database_url: Option<String>,
     /// The process, when this benchmark started it.
     pub server: Option<Server>,
-    /// Sends requests as the benchmark's caller.
+    /// Sends requests as the benchmark's caller, to its nodes (one, or
+    /// every node of a cluster, in turn).
     pub caller: Caller,
     /// The pools made so far, with their capacities, by ledger index.
     pools: Vec<(String, u64)>,
@@ -195,11 +194,11 @@ impl Target {
     ) -> Self {
         Self {
             design,
-            urls,
             database_url,
             server,
             caller: Caller {
                 client,
+                nodes: urls.into(),
                 token: token.into(),
                 ledger: Arc::new(Ledger::new(MAX_POOLS)),
             },
@@ -225,7 +224,8 @@ impl Target {
                 tasks.join_next().await.expect("a task is running")??;
             }
             let (client, token) = (self.caller.client.clone(), self.caller.token.clone());
-            let url = format!("{}/v1/pools", self.urls[index % self.urls.len()]);
+            let nodes = &self.caller.nodes;
+            let url = format!("{}/v1/pools", nodes[index % nodes.len()]);
             let body = json!({
                 "id": id,
                 "capacity_type": "quota",
@@ -259,6 +259,29 @@ impl Target {
     /// The process's resident memory, when this benchmark started it.
     pub fn rss_mib(&self) -> Option<f64> {
         rss_mib(self.server.as_ref()?.pid()?)
+    }
+
+    /// Has the target's database finish the upkeep that earlier runs left
+    /// it (vacuum, a checkpoint), so that it does not land in the next
+    /// measurement. Best effort: without the rights, the database is
+    /// measured as it is.
+    pub async fn settle(&self) {
+        let Some(url) = &self.database_url else {
+            return;
+        };
+        let Ok(options) = url.parse::<sqlx::postgres::PgConnectOptions>() else {
+            return;
+        };
+        if let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await {
+            for statement in ["VACUUM (ANALYZE)", "CHECKPOINT"] {
+                if let Err(e) = sqlx::query(statement).execute(&mut conn).await {
+                    eprintln!(
+                        "{}: {statement} before the next run: {e}",
+                        self.design.name()
+                    );
+                }
+            }
+        }
     }
 
     /// Checks from the target's database that no pool holds more than its

@@ -73,17 +73,10 @@ pub struct Remote {
 pub fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Subcommands::Plugins(command) if command.is_local() => plugins::run(command),
-        command => {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            // The load generator's runtime is sized on its own, so that it
-            // leaves the cores to the systems it measures.
-            if let Subcommands::Bench(args) = &command
-                && let Some(threads) = args.client_threads
-            {
-                runtime.worker_threads(threads.max(1));
-            }
-            runtime.enable_all().build()?.block_on(run_async(command))
-        }
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_async(command)),
     }
 }
 
