@@ -448,6 +448,24 @@ async fn grid_filters_and_pages() {
         .unwrap();
     assert_eq!(afternoon["used"], 3);
 
+    // A pool's grid entry is encoded at its first read and kept with its
+    // view: the next change is shown, not the kept encoding.
+    planner
+        .reserve("berlin-mitte", "o2", json!({ "slot": "08-10", "stops": 1 }))
+        .await
+        .ok(201);
+    read_model_reaches(&node, "berlin-mitte", 2).await;
+    let changed = planner.get("/v1/grid?prefix=berlin-mitte").await;
+    let changed = changed.ok(200);
+    assert_eq!(changed["pools"][0]["seq_nr"], 2);
+    let morning = changed["pools"][0]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "08-10")
+        .unwrap();
+    assert_eq!(morning["used"], 1);
+
     // Only the cells that overlap the afternoon; cells without a time range
     // (the quota's) hold at any time and stay.
     let afternoon = planner

@@ -2,6 +2,7 @@
 //! without asking any entity.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ use super::auth::ANYONE;
 use super::{ApiError, AppState, Caller, ProblemBody, Query};
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::Cell;
-use crate::view::Filter;
+use crate::view::{Filter, PoolView};
 
 /// Most pools per page.
 const MAX_PAGE: usize = 1_000;
@@ -115,6 +116,44 @@ pub struct GridPool {
     pub cells: Vec<CellOut>,
 }
 
+impl GridPool {
+    /// A pool of the read model with some of its cells.
+    fn of<'a>(pool: &PoolView, cells: impl Iterator<Item = &'a Cell>) -> Self {
+        Self {
+            pool: pool.pool.clone(),
+            capacity_type: pool.capacity_type.clone(),
+            seq_nr: pool.seq_nr,
+            updated_at: pool.updated_at,
+            cells: cells.map(CellOut::from).collect(),
+        }
+    }
+}
+
+/// One pool of a page as it goes out.
+#[derive(Debug)]
+pub enum PagePool {
+    /// Every cell of a pool of the read model: its encoding is kept with
+    /// the view, made at its first read.
+    Whole(Arc<PoolView>),
+    /// The cells a filter kept.
+    Part(GridPool),
+}
+
+impl Serialize for PagePool {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Part(pool) => pool.serialize(serializer),
+            Self::Whole(pool) => pool
+                .encoded
+                .get_or_init(|| {
+                    serde_json::value::to_raw_value(&GridPool::of(pool, pool.view.cells.iter()))
+                        .expect("a grid pool encodes as JSON")
+                })
+                .serialize(serializer),
+        }
+    }
+}
+
 /// How fresh the grid is.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadModelStatus {
@@ -129,7 +168,8 @@ pub struct ReadModelStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Grid {
     /// The pools, in id order.
-    pub pools: Vec<GridPool>,
+    #[schema(value_type = Vec<GridPool>)]
+    pub pools: Vec<PagePool>,
     /// Pass as `after` for the next page; absent at the end.
     pub next: Option<String>,
     /// How fresh the answer is.
@@ -173,16 +213,16 @@ pub async fn grid(
     Ok(axum::Json(Grid {
         pools: page
             .pools
-            .iter()
-            .map(|(pool, cells)| GridPool {
-                pool: pool.pool.clone(),
-                capacity_type: pool.capacity_type.clone(),
-                seq_nr: pool.seq_nr,
-                updated_at: pool.updated_at,
-                cells: cells
-                    .iter()
-                    .map(|&i| CellOut::from(&pool.view.cells[i]))
-                    .collect(),
+            .into_iter()
+            .map(|(pool, cells)| {
+                if cells.len() == pool.view.cells.len() {
+                    PagePool::Whole(pool)
+                } else {
+                    PagePool::Part(GridPool::of(
+                        &pool,
+                        cells.iter().map(|&i| &pool.view.cells[i]),
+                    ))
+                }
             })
             .collect(),
         next: page.next.map(String::from),

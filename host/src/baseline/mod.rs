@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 
 use crate::api::{
     self, ApiError, Body, Caller, CellOut, CreatePool, Created, Decided, Grid, GridPool, GridQuery,
-    Meta, Path, Query, ReadModelStatus, ReserveBody, Tokens,
+    Meta, PagePool, Path, Query, ReadModelStatus, ReserveBody, Tokens,
 };
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Problem};
@@ -516,7 +516,7 @@ fn page(mut pools: Vec<GridPool>, limit: usize) -> Grid {
         pools.last().map(|p| p.pool.to_string())
     });
     Grid {
-        pools,
+        pools: pools.into_iter().map(PagePool::Part).collect(),
         next: next.flatten(),
         read_model: ReadModelStatus {
             listening: true,

@@ -411,14 +411,14 @@ impl Node {
         }));
         let cluster =
             Cluster::join(journal.db().clone(), cluster_settings, runtime.clone()).await?;
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             runtime,
             read_model,
             tokens: Arc::new(tokens),
             ready: Arc::new(AtomicBool::new(true)),
             registry,
             cluster,
-        };
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = api::router(state.clone());
         let server = tokio::spawn(async move {

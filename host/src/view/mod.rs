@@ -12,9 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
@@ -66,6 +67,9 @@ pub struct PoolView {
     pub updated_at: OffsetDateTime,
     /// The view.
     pub view: View,
+    /// The whole pool as the grid answers it, encoded at its first read:
+    /// a pool is read many times between two changes.
+    pub encoded: OnceLock<Box<RawValue>>,
 }
 
 /// What to select from the grid.
@@ -203,6 +207,7 @@ impl ReadModel {
             seq_nr,
             updated_at: OffsetDateTime::now_utc(),
             view,
+            encoded: OnceLock::new(),
         });
         let held = {
             let mut pools = self.shared.pools.write().expect("views");
@@ -484,6 +489,7 @@ async fn fetch(db: &PgPool, shared: &Shared, ids: &[String], notified: bool) -> 
             seq_nr: SeqNr(row.get("seq_nr")),
             updated_at: row.get("updated_at"),
             view,
+            encoded: OnceLock::new(),
         }));
     }
     let held = {
