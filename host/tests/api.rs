@@ -23,6 +23,16 @@ fn logistics(area: &str, stops_per_hour: u64) -> Value {
     })
 }
 
+/// The cell of a pool (a grid entry or a pool's state) with this key.
+fn cell<'a>(pool: &'a Value, key: &str) -> &'a Value {
+    pool["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == key)
+        .unwrap_or_else(|| panic!("no cell {key} in {pool}"))
+}
+
 /// Waits until this node's read model holds the pool at `seq` or later.
 async fn read_model_reaches(node: &Node, pool: &str, seq: i64) {
     let id = allot_host::ids::PoolId::new(pool).unwrap();
@@ -357,9 +367,7 @@ async fn planner_commands_are_idempotent_with_a_key() {
         .problem(409, "duplicate_van");
 
     let state = planner.get("/v1/pools/berlin").await;
-    let cells = state.ok(200)["cells"].as_array().unwrap().clone();
-    let afternoon = cells.iter().find(|c| c["key"] == "16-18").unwrap();
-    assert_eq!(afternoon["capacity"], 2 + 4);
+    assert_eq!(cell(state.ok(200), "16-18")["capacity"], 2 + 4);
     node.stop().await;
 }
 
@@ -440,13 +448,7 @@ async fn grid_filters_and_pages() {
     assert_eq!(berlin["pools"].as_array().unwrap().len(), 2);
     let mitte = &berlin["pools"][0];
     assert_eq!(mitte["seq_nr"], 1);
-    let afternoon = mitte["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["key"] == "16-18")
-        .unwrap();
-    assert_eq!(afternoon["used"], 3);
+    assert_eq!(cell(mitte, "16-18")["used"], 3);
 
     // A pool's grid entry is encoded at its first read and kept with its
     // view: the next change is shown, not the kept encoding.
@@ -458,13 +460,7 @@ async fn grid_filters_and_pages() {
     let changed = planner.get("/v1/grid?prefix=berlin-mitte").await;
     let changed = changed.ok(200);
     assert_eq!(changed["pools"][0]["seq_nr"], 2);
-    let morning = changed["pools"][0]["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["key"] == "08-10")
-        .unwrap();
-    assert_eq!(morning["used"], 1);
+    assert_eq!(cell(&changed["pools"][0], "08-10")["used"], 1);
 
     // Only the cells that overlap the afternoon; cells without a time range
     // (the quota's) hold at any time and stay.
@@ -600,15 +596,7 @@ async fn holds_are_confirmed() {
     let load = json!({ "weight_kg": 100, "volume_l": 200, "pallets": 1, "hold_minutes": 15 });
     planner.reserve("truck-1", "h1", load).await.ok(201);
     let held = planner.get("/v1/pools/truck-1").await;
-    let pallets = |state: &Value| {
-        state["cells"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["key"] == "pallets")
-            .unwrap()
-            .clone()
-    };
+    let pallets = |state: &Value| cell(state, "pallets").clone();
     assert_eq!(pallets(held.ok(200))["held"], 1);
     planner
         .send(

@@ -299,7 +299,11 @@ async fn pace(schedule: Arc<Schedule>, k: u64, shared: Arc<Shared>) -> anyhow::R
         }
         // Everything due by now goes out at once, a burst at a time.
         let mut sent = 0;
-        while i < schedule.total && schedule.due(i) <= now && sent < BURST {
+        while i < schedule.total && sent < BURST {
+            let due = schedule.due(i);
+            if due > now {
+                break;
+            }
             let shot = (schedule.shot)(i);
             if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 let answer = Answer::Error(format!("not sent: {MAX_IN_FLIGHT} in flight"));
@@ -307,7 +311,7 @@ async fn pace(schedule: Arc<Schedule>, k: u64, shared: Arc<Shared>) -> anyhow::R
             } else {
                 shared.in_flight.fetch_add(1, Ordering::Relaxed);
                 let node = (i % schedule.nodes) as usize;
-                tokio::spawn(fire(shared.clone(), node, shot, schedule.due(i)));
+                tokio::spawn(fire(shared.clone(), node, shot, due));
             }
             i += schedule.every;
             sent += 1;
