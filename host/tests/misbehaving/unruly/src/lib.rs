@@ -104,10 +104,12 @@ impl CapacityType for Unruly {
             Misbehave::Spin {} => loop {
                 std::hint::black_box(());
             },
+            // Reserves memory without writing it, so the cap is what stops
+            // it, not the call deadline on a busy machine.
             Misbehave::Hog {} => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![1; 1 << 20]);
+                    hoard.push(Vec::with_capacity(1 << 20));
                     std::hint::black_box(&hoard);
                 }
             }
