@@ -12,8 +12,9 @@
 //! * [`sandbox`] loads capacity-type components (wasmtime, WIT contract
 //!   `allot:capacity`) and runs each pool's decisions in its own instance under
 //!   a deadline and a memory cap.
-//! * [`journal`] stores pools, events, snapshots, command outcomes and the
-//!   read-model rows in PostgreSQL, with fenced, sequence-checked appends.
+//! * [`journal`] stores pools, events, snapshots and command outcomes in
+//!   PostgreSQL, with fenced, sequence-checked appends, and writes the
+//!   read-model rows just after them.
 //! * [`view`] keeps every pool's latest view in memory on every node,
 //!   refreshed from PostgreSQL, for the capacity grid.
 //! * [`node`] puts the stages together into a running node: config,

@@ -39,8 +39,6 @@ fn append(pool: &PoolId, expected: i64, events: Vec<NewEvent>) -> Append {
         events,
         plugin: plugin(),
         commands: Vec::new(),
-        view: None,
-        capacity_type: Arc::from("test"),
         fence: None,
     }
 }

@@ -675,16 +675,27 @@ impl Inner {
             .await?;
             if !taken.is_empty() {
                 tracing::info!(shards = taken.len(), "took shard leases");
-                let mut state = self.state.lock().expect("cluster state");
-                for (shard, epoch) in taken {
-                    state.held.insert(
-                        shard as u32,
-                        Held {
-                            epoch,
-                            valid_until: sent + self.settings.lease.mul_f64(0.9),
-                        },
-                    );
+                let shards: Vec<u32> = taken.iter().map(|(shard, _)| *shard as u32).collect();
+                {
+                    let mut state = self.state.lock().expect("cluster state");
+                    for (shard, epoch) in taken {
+                        state.held.insert(
+                            shard as u32,
+                            Held {
+                                epoch,
+                                valid_until: sent + self.settings.lease.mul_f64(0.9),
+                            },
+                        );
+                    }
                 }
+                // A previous owner that died between an append and its view
+                // left the row behind; in the background, like a hand-over.
+                let runtime = self.runtime.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = runtime.repair_views(&shards).await {
+                        tracing::warn!("cannot look for read-model rows to repair: {error}");
+                    }
+                });
             }
         }
 

@@ -15,7 +15,7 @@ use super::shadow::{Shadow, ShadowReport};
 use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Committer, Fence, Journal};
+use crate::journal::{self, Committer, Fence, Journal, PoolViewRow, ViewWriter};
 use crate::metrics::metrics;
 use crate::sandbox::{Plugin, PoolInstance, View};
 
@@ -63,6 +63,8 @@ pub struct Runtime {
 pub(super) struct Inner {
     pub(super) journal: Journal,
     pub(super) committer: Committer,
+    /// Writes the views of appended batches to the read model's table.
+    views: ViewWriter,
     pub(super) settings: Settings,
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
     /// Versions shadowing capacity types on this node.
@@ -74,7 +76,7 @@ pub(super) struct Inner {
     generations: AtomicU64,
     shutting_down: AtomicBool,
     /// Where entities send the views they have just appended.
-    pub(super) view_sink: std::sync::OnceLock<ViewSink>,
+    view_sink: std::sync::OnceLock<ViewSink>,
     /// The shard leases this node holds, when it is part of a cluster.
     fencing: std::sync::OnceLock<Fencing>,
 }
@@ -100,6 +102,7 @@ impl Runtime {
         Self {
             inner: Arc::new(Inner {
                 committer: Committer::start(journal.clone(), settings.writers, settings.max_group),
+                views: ViewWriter::start(journal.clone()),
                 journal,
                 settings,
                 plugins: RwLock::default(),
@@ -148,6 +151,38 @@ impl Runtime {
         for task in tasks {
             let _ = task.await;
         }
+        // The next owner should find the rows as these entities left them.
+        self.inner.flush_views().await;
+    }
+
+    /// Writes the read-model rows of these shards' pools that are missing
+    /// or behind their history, from the recovered pools: a node that
+    /// stopped between an append and its view leaves such rows. Returns how
+    /// many were written; a pool that cannot be read now is logged and left
+    /// for the next owner.
+    pub async fn repair_views(&self, shards: &[u32]) -> Result<usize> {
+        let stale = self.inner.journal.stale_views(shards).await?;
+        let mut repaired = 0;
+        for (pool, capacity_type) in stale {
+            match self
+                .view(&pool, Instant::now() + Duration::from_secs(10))
+                .await
+            {
+                Ok((seq_nr, view)) => {
+                    self.inner
+                        .publish_view(&pool, &Arc::from(capacity_type), seq_nr, view);
+                    repaired += 1;
+                }
+                Err(error) => tracing::warn!(%pool, "cannot write its read-model row: {error}"),
+            }
+        }
+        if repaired > 0 {
+            tracing::info!(
+                pools = repaired,
+                "read-model rows behind their history written"
+            );
+        }
+        Ok(repaired)
     }
 
     /// The journal.
@@ -231,7 +266,12 @@ impl Runtime {
             })?;
         if created {
             journal
-                .save_view(id, capacity_type, SeqNr(0), &view)
+                .save_views(&[PoolViewRow {
+                    pool: id.clone(),
+                    capacity_type: Arc::from(capacity_type),
+                    seq_nr: SeqNr(0),
+                    view,
+                }])
                 .await?;
         }
         Ok(created)
@@ -315,6 +355,7 @@ impl Runtime {
         for task in tasks {
             let _ = task.await;
         }
+        self.inner.flush_views().await;
     }
 
     fn send(&self, pool: &PoolId, envelope: Envelope) -> Result<()> {
@@ -368,6 +409,33 @@ impl Runtime {
 }
 
 impl Inner {
+    /// Hands a pool's view as of `seq_nr` to the read model's table and to
+    /// this node's read model.
+    pub(super) fn publish_view(
+        &self,
+        pool: &PoolId,
+        capacity_type: &Arc<str>,
+        seq_nr: SeqNr,
+        view: View,
+    ) {
+        self.views.publish(PoolViewRow {
+            pool: pool.clone(),
+            capacity_type: capacity_type.clone(),
+            seq_nr,
+            view: serde_json::value::to_raw_value(&view).expect("views serialize"),
+        });
+        if let Some(sink) = self.view_sink.get() {
+            sink(pool, capacity_type, seq_nr, view);
+        }
+    }
+
+    /// Waits until the views published so far are written; logs a failure.
+    async fn flush_views(&self) {
+        if let Err(error) = self.views.flush().await {
+            tracing::warn!("read-model rows not written yet: {error}");
+        }
+    }
+
     pub(super) fn shadow(&self, capacity_type: &str) -> Option<Arc<Shadow>> {
         self.shadows
             .read()

@@ -419,17 +419,13 @@ impl Entity {
                 events,
                 plugin: self.plugin.clone(),
                 commands: records,
-                view: view
-                    .as_ref()
-                    .map(|v| serde_json::value::to_raw_value(v).expect("views serialize")),
-                capacity_type: self.capacity_type.clone(),
                 fence: self.fence,
             };
             match runtime.committer.append(append).await {
                 Ok(end) => {
                     self.seq = end;
-                    if let (Some(view), Some(sink)) = (view, runtime.view_sink.get()) {
-                        sink(&self.id, &self.capacity_type, end, view);
+                    if let Some(view) = view {
+                        runtime.publish_view(&self.id, &self.capacity_type, end, view);
                     }
                 }
                 Err(error) => {

@@ -3,10 +3,15 @@
 //!
 //! Appends of many pools share a transaction ([`Journal::append_many`], fed by
 //! the [`Committer`]), so one commit serves them all. An append names the
-//! sequence number it continues from and takes the pool's row lock, so two writers can never both extend one history: the second
-//! gets [`Error::Conflict`], which is retryable. The `(pool_id, seq_nr)` key
-//! stays as the last line of defence. An append can also name a shard lease
-//! epoch ([`Fence`]); it then succeeds only while that epoch is current.
+//! sequence number it continues from and takes the pool's row lock, so two
+//! writers can never both extend one history: the second gets
+//! [`Error::Conflict`], which is retryable. The `(pool_id, seq_nr)` key stays
+//! as the last line of defence. An append can also name a shard lease epoch
+//! ([`Fence`]); it then succeeds only while that epoch is current.
+//!
+//! Views, being derived from the events, are not part of an append: the
+//! [`ViewWriter`] writes them after it, in transactions of their own (see
+//! there for why, and for how a view lost in a crash is written again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +24,10 @@ use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Snapshot};
 
 mod committer;
+mod views;
 
 pub use committer::Committer;
+pub use views::ViewWriter;
 
 /// What can go wrong in the journal.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +156,20 @@ pub struct CommandRecord {
     pub outcome: Json,
 }
 
-/// One batch of a pool's decisions: its events, command outcomes and view,
+/// A pool's view as of a seq, for the read model's table.
+#[derive(Clone, Debug)]
+pub struct PoolViewRow {
+    /// The pool.
+    pub pool: PoolId,
+    /// Its capacity type.
+    pub capacity_type: Arc<str>,
+    /// The seq the view is as of.
+    pub seq_nr: SeqNr,
+    /// The view.
+    pub view: Json,
+}
+
+/// One batch of a pool's decisions: its events and command outcomes,
 /// written all or nothing.
 #[derive(Clone, Debug)]
 pub struct Append {
@@ -163,10 +183,6 @@ pub struct Append {
     pub plugin: Arc<PluginRef>,
     /// Outcomes of the batch's commands that carry idempotency keys.
     pub commands: Vec<CommandRecord>,
-    /// The pool's view after the batch, for the read model.
-    pub view: Option<Json>,
-    /// The capacity type, stored with the view.
-    pub capacity_type: Arc<str>,
     /// The shard lease the writer holds, if any.
     pub fence: Option<Fence>,
 }
@@ -324,7 +340,7 @@ impl Journal {
         })
     }
 
-    /// Appends one batch: events, command outcomes and the view, all or nothing.
+    /// Appends one batch: events and command outcomes, all or nothing.
     pub async fn append(&self, batch: &Append) -> Result<SeqNr> {
         let mut results = self.append_many(std::slice::from_ref(batch)).await;
         results.pop().expect("one result per batch")
@@ -387,7 +403,6 @@ impl Journal {
         let mut group = GroupColumns::default();
         let mut events = EventColumns::default();
         let mut commands = CommandColumns::default();
-        let mut views = ViewColumns::default();
         for (batch, _) in batches
             .iter()
             .zip(results.iter())
@@ -396,7 +411,6 @@ impl Journal {
             group.push(batch);
             events.push(batch);
             commands.push(batch);
-            views.push(batch);
         }
         let first = batches
             .iter()
@@ -421,10 +435,6 @@ impl Journal {
             .bind(&commands.keys)
             .bind(&commands.seqs)
             .bind(&commands.outcomes)
-            .bind(&views.pools)
-            .bind(&views.types)
-            .bind(&views.seqs)
-            .bind(&views.views)
             .fetch_all(&self.db)
             .await
             .map_err(|error| match first {
@@ -458,26 +468,49 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes a pool's read-model row outside an append (for a new pool).
-    pub async fn save_view(
-        &self,
-        id: &PoolId,
-        capacity_type: &str,
-        seq_nr: SeqNr,
-        view: &RawValue,
-    ) -> Result<()> {
+    /// Writes read-model rows, each unless the row holds a later seq
+    /// already. In pool order, so that two writers (the old and the new
+    /// owner of a shard, for a moment) never wait on each other in a cycle.
+    pub async fn save_views(&self, views: &[PoolViewRow]) -> Result<()> {
+        let mut sorted: Vec<&PoolViewRow> = views.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.pool.as_str().cmp(b.pool.as_str()));
+        let pools: Vec<&str> = sorted.iter().map(|v| v.pool.as_str()).collect();
+        let types: Vec<&str> = sorted.iter().map(|v| &*v.capacity_type).collect();
+        let seqs: Vec<i64> = sorted.iter().map(|v| v.seq_nr.0).collect();
+        let bodies: Vec<&str> = sorted.iter().map(|v| v.view.get()).collect();
         sqlx::query(
-            "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view) VALUES ($1, $2, $3, $4::jsonb)
-             ON CONFLICT (pool_id) DO UPDATE SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
-             WHERE pool_views.seq_nr <= EXCLUDED.seq_nr",
+            "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
+             ON CONFLICT (pool_id) DO UPDATE
+                SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
+              WHERE pool_views.seq_nr <= EXCLUDED.seq_nr",
         )
-        .bind(id.as_str())
-        .bind(capacity_type)
-        .bind(seq_nr.0)
-        .bind(view.get())
+        .bind(&pools)
+        .bind(&types)
+        .bind(&seqs)
+        .bind(&bodies)
         .execute(&self.db)
         .await?;
         Ok(())
+    }
+
+    /// Pools of these shards whose read-model row is missing or behind
+    /// their history, with their capacity types; failed pools are left out.
+    pub async fn stale_views(&self, shards: &[u32]) -> Result<Vec<(PoolId, String)>> {
+        let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT p.pool_id, p.capacity_type FROM pools p
+               LEFT JOIN pool_views v ON v.pool_id = p.pool_id
+              WHERE p.shard = ANY($1) AND p.failed_reason IS NULL
+                AND (v.seq_nr IS NULL OR v.seq_nr < p.last_seq)
+              ORDER BY p.pool_id",
+        )
+        .bind(&shards)
+        .fetch_all(&self.db)
+        .await?;
+        rows.into_iter()
+            .map(|(pool, capacity_type)| Ok((stored_id(&pool)?, capacity_type)))
+            .collect()
     }
 
     /// Events after `after`, at most `limit`, in order.
@@ -682,11 +715,7 @@ impl Journal {
         .await?;
         rows.into_iter()
             .map(|row| {
-                let id: String = row.get("pool_id");
-                let id = PoolId::new(&id).map_err(|e| Error::Corrupt {
-                    pool: PoolId::new("invalid").expect("a valid id"),
-                    reason: e.to_string(),
-                })?;
+                let id = stored_id(row.get("pool_id"))?;
                 Ok(PoolRecord {
                     config: json(&id, row.get("config"))?,
                     capacity_type: row.get("capacity_type"),
@@ -722,6 +751,14 @@ impl Journal {
     }
 }
 
+/// A pool id read from the database.
+fn stored_id(id: &str) -> Result<PoolId> {
+    PoolId::new(id).map_err(|e| Error::Corrupt {
+        pool: PoolId::new("invalid").expect("a valid id"),
+        reason: e.to_string(),
+    })
+}
+
 fn json(pool: &PoolId, text: String) -> Result<Json> {
     RawValue::from_string(text).map_err(|e| Error::Corrupt {
         pool: pool.clone(),
@@ -752,8 +789,8 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 /// that writer left it, which a read of `events` (the statement's snapshot,
 /// taken before the wait) would not see. Only batches that hold their lease
 /// and continue their pool's history are written; the others are answered
-/// with why. Events, outcomes and views go in with a fixed number of
-/// `UNNEST`s however many pools take part.
+/// with why. Events and outcomes go in with a fixed number of `UNNEST`s
+/// however many pools take part.
 const APPEND_GROUP: &str = "
 WITH batch AS (
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[])
@@ -791,14 +828,6 @@ WITH batch AS (
      WHERE c.pool_id IN (SELECT pool_id FROM going)
         ON CONFLICT (pool_id, idempotency_key) DO UPDATE
        SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()
-), new_views AS (
-    INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
-    SELECT v.* FROM UNNEST($18::text[], $19::text[], $20::bigint[], $21::text[]::jsonb[])
-        AS v(pool_id, capacity_type, seq_nr, view)
-     WHERE v.pool_id IN (SELECT pool_id FROM going)
-        ON CONFLICT (pool_id) DO UPDATE
-       SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
-     WHERE pool_views.seq_nr <= EXCLUDED.seq_nr
 )
 SELECT pool_id, verdict FROM verdict";
 
@@ -865,25 +894,6 @@ impl<'a> CommandColumns<'a> {
             self.keys.push(&command.key);
             self.seqs.push(command.seq_nr.0);
             self.outcomes.push(command.outcome.get());
-        }
-    }
-}
-
-#[derive(Default)]
-struct ViewColumns<'a> {
-    pools: Vec<&'a str>,
-    types: Vec<&'a str>,
-    seqs: Vec<i64>,
-    views: Vec<&'a str>,
-}
-
-impl<'a> ViewColumns<'a> {
-    fn push(&mut self, batch: &'a Append) {
-        if let Some(view) = &batch.view {
-            self.pools.push(batch.pool.as_str());
-            self.types.push(&batch.capacity_type);
-            self.seqs.push(batch.end().0);
-            self.views.push(view.get());
         }
     }
 }

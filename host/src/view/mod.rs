@@ -1,8 +1,9 @@
 //! The read model: every pool's latest view, in memory on every node.
 //!
-//! Entities write a pool's view row in the same transaction as its events.
-//! A trigger notifies on commit; a listener task here forwards the pool ids
-//! and the refresher reads those rows. Notifications are lost while the
+//! Entities write a pool's view row just after its events (through the
+//! journal's view writer), and hand it to their own node's read model at
+//! once. A trigger notifies on commit; a listener task here forwards the
+//! pool ids and the refresher reads those rows. Notifications are lost while the
 //! listening connection is down, so a poll on `updated_at` runs as a
 //! backstop, and a full comparison runs now and then. A row replaces what is
 //! held only if its seq is newer, so the order rows arrive in does not matter.

@@ -1,0 +1,154 @@
+//! The view writer: read-model rows written after the appends they follow,
+//! in transactions of their own.
+//!
+//! A view is derived from the events, and the append is the one serial step
+//! that every write of a node goes through. Inside the append, the view's
+//! upsert (a row rewritten with its index entries, and a notification whose
+//! queue lock PostgreSQL holds through the commit's flush) made each append
+//! about a third longer under spread load. Here the views of many pools go
+//! in one statement, off the path callers wait on, and a pool that changed
+//! several times meanwhile is written once, at its latest.
+//!
+//! A view may therefore reach its row a moment after its events. A node that
+//! dies in that moment leaves the row behind the history; whoever takes the
+//! shard next finds such rows ([`Journal::stale_views`]) and writes them from
+//! the recovered pool. A row never goes back: a write keeps a later seq that
+//! is already there.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Journal, PoolViewRow, Result};
+use crate::ids::PoolId;
+
+/// How long the writer gathers views after each write: the read model of
+/// other nodes lags by this much more, and PostgreSQL sees at most this
+/// many view transactions a second per node.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// How long the writer waits before trying a failed write again.
+const RETRY: Duration = Duration::from_millis(500);
+
+enum Message {
+    View(PoolViewRow),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// Hands views to the writer task. Cheap to clone; the task writes what it
+/// holds and stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct ViewWriter {
+    queue: mpsc::UnboundedSender<Message>,
+}
+
+impl ViewWriter {
+    /// Starts the writer task.
+    pub fn start(journal: Journal) -> Self {
+        let (queue, messages) = mpsc::unbounded_channel();
+        tokio::spawn(write(journal, messages));
+        Self { queue }
+    }
+
+    /// Queues a view for its row. Never waits: the task holds one view per
+    /// pool, so what it keeps is bounded by the pools, not by the rate.
+    pub fn publish(&self, view: PoolViewRow) {
+        let _ = self.queue.send(Message::View(view));
+    }
+
+    /// Waits until every view published before the call is written. `Err`
+    /// says why the write failed; the views stay queued and are tried again.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (reply, done) = oneshot::channel();
+        if self.queue.send(Message::Flush(reply)).is_err() {
+            return Ok(());
+        }
+        done.await.unwrap_or(Ok(()))
+    }
+}
+
+async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>) {
+    let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
+    let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut open = true;
+    loop {
+        if held.is_empty() && flushes.is_empty() {
+            match messages.recv().await {
+                Some(message) => take(message, &mut held, &mut flushes),
+                None => return,
+            }
+        }
+        loop {
+            match messages.try_recv() {
+                Ok(message) => take(message, &mut held, &mut flushes),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let rows: Vec<PoolViewRow> = held.drain().map(|(_, row)| row).collect();
+        let written = if rows.is_empty() {
+            Ok(())
+        } else {
+            journal.save_views(&rows).await
+        };
+        match written {
+            Ok(()) => {
+                for flush in flushes.drain(..) {
+                    let _ = flush.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    views = rows.len(),
+                    "writing read-model rows failed; trying again: {error}"
+                );
+                for flush in flushes.drain(..) {
+                    let _ = flush.send(Err(error.to_string()));
+                }
+                for row in rows {
+                    keep_latest(&mut held, row);
+                }
+                if !open {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        if !open {
+            return;
+        }
+        tokio::time::sleep(GATHER).await;
+    }
+}
+
+fn take(
+    message: Message,
+    held: &mut HashMap<PoolId, PoolViewRow>,
+    flushes: &mut Vec<oneshot::Sender<Result<(), String>>>,
+) {
+    match message {
+        Message::View(row) => keep_latest(held, row),
+        Message::Flush(reply) => flushes.push(reply),
+    }
+}
+
+/// Keeps the view with the higher seq; of two at the same seq, the newer
+/// (a plugin version swapped in may render the same state differently).
+fn keep_latest(held: &mut HashMap<PoolId, PoolViewRow>, row: PoolViewRow) {
+    match held.entry(row.pool.clone()) {
+        Entry::Occupied(mut entry) => {
+            if row.seq_nr >= entry.get().seq_nr {
+                entry.insert(row);
+            }
+        }
+        Entry::Vacant(entry) => {
+            entry.insert(row);
+        }
+    }
+}
