@@ -5,7 +5,9 @@ mod common;
 use std::sync::Arc;
 
 use allot_host::ids::{PoolId, SeqNr};
-use allot_host::journal::{Append, CommandRecord, Error, Fence, Journal, NewEvent, PluginRef};
+use allot_host::journal::{
+    Append, CommandRecord, Error, Fence, Journal, NewEvent, PluginRef, PoolViewRow, ViewWriter,
+};
 use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::Connection;
@@ -276,4 +278,41 @@ async fn a_writer_that_waited_sees_the_new_end() {
         recorded, 0,
         "a rejection decided on a stale state was recorded"
     );
+}
+
+fn view_row(pool: &str, seq: i64, view: &str) -> PoolViewRow {
+    PoolViewRow {
+        pool: PoolId::new(pool).unwrap(),
+        capacity_type: Arc::from("test"),
+        seq_nr: SeqNr(seq),
+        view: RawValue::from_string(view.to_owned()).unwrap(),
+    }
+}
+
+/// The view writer keeps each pool's latest view, never moves a row back, and leaves out only a row PostgreSQL refuses.
+#[tokio::test]
+async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
+    let (journal, _, url) = journal_with_pool("p").await;
+    let writer = ViewWriter::start(journal.clone());
+    writer.publish(view_row("a", 2, r#"{"n": 2}"#));
+    writer.publish(view_row("a", 1, r#"{"n": 1}"#));
+    writer.publish(view_row("b", 5, r#"{"n": 5}"#));
+    // Valid JSON that `jsonb` refuses to store.
+    writer.publish(view_row("c", 1, r#"{"n": "\u0000"}"#));
+    writer.flush().await.unwrap();
+    // A later write of an older seq does not move the row back.
+    journal
+        .save_views(&[view_row("b", 4, r#"{"n": 4}"#)])
+        .await
+        .unwrap();
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT pool_id, seq_nr, (view->>'n')::bigint FROM pool_views
+          WHERE pool_id IN ('a', 'b', 'c') ORDER BY pool_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("a".into(), 2, 2), ("b".into(), 5, 5)]);
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Journal, PoolViewRow, Result};
+use super::{Error, Journal, PoolViewRow, Result};
 use crate::ids::PoolId;
 
 /// How long the writer gathers views after each write: the read model of
@@ -91,11 +91,7 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
             }
         }
         let rows: Vec<PoolViewRow> = held.drain().map(|(_, row)| row).collect();
-        let written = if rows.is_empty() {
-            Ok(())
-        } else {
-            journal.save_views(&rows).await
-        };
+        let written = save(&journal, &rows).await;
         match written {
             Ok(()) => {
                 for flush in flushes.drain(..) {
@@ -124,6 +120,43 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
             return;
         }
         tokio::time::sleep(GATHER).await;
+    }
+}
+
+/// Writes the rows. A row PostgreSQL refuses for what it holds (a view
+/// `jsonb` cannot store) is logged and left out rather than holding back
+/// every other pool's; any other failure is for the caller to retry.
+async fn save(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match journal.save_views(rows).await {
+        // Row by row, so that the one refused does not hold back the others.
+        Err(error) if refused(&error) => {
+            for row in rows {
+                match journal.save_views(std::slice::from_ref(row)).await {
+                    Err(error) if refused(&error) => tracing::error!(
+                        pool = %row.pool,
+                        seq_nr = row.seq_nr.0,
+                        "the read-model row was refused and is not written: {error}"
+                    ),
+                    other => other?,
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE classes 22, data
+/// exception, and 23, integrity violation): trying again cannot help.
+fn refused(error: &Error) -> bool {
+    match error {
+        Error::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
     }
 }
 
