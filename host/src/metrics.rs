@@ -63,6 +63,12 @@ pub struct Metrics {
     pub group_size: Histogram,
     /// Time to append one group to PostgreSQL.
     pub append_seconds: Histogram,
+    /// Read-model rows written per statement of the view writer.
+    pub view_rows: Histogram,
+    /// Time of one statement of the view writer.
+    pub view_write_seconds: Histogram,
+    /// Read-model rows PostgreSQL refused for what they hold.
+    pub view_rows_refused: Counter,
     /// Time of plugin calls.
     pub plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
     /// Entities live on this node.
@@ -116,6 +122,9 @@ impl Metrics {
             batch_size: sizes(),
             group_size: sizes(),
             append_seconds: latency(),
+            view_rows: sizes(),
+            view_write_seconds: latency(),
+            view_rows_refused: Counter::default(),
             plugin_calls,
             active_pools: Gauge::default(),
             read_model_pools: Gauge::default(),
@@ -151,6 +160,21 @@ impl Metrics {
             "allot_journal_append_duration_seconds",
             "Time to append one group commit to PostgreSQL",
             metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "allot_view_rows_written",
+            "Read-model rows written per statement of the view writer",
+            metrics.view_rows.clone(),
+        );
+        registry.register(
+            "allot_view_write_duration_seconds",
+            "Time of one statement of the view writer",
+            metrics.view_write_seconds.clone(),
+        );
+        registry.register(
+            "allot_view_rows_refused",
+            "Read-model rows PostgreSQL refused for what they hold, left unwritten",
+            metrics.view_rows_refused.clone(),
         );
         registry.register(
             "allot_plugin_call_duration_seconds",

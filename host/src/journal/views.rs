@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Error, Journal, PoolViewRow, Result};
 use crate::ids::PoolId;
+use crate::metrics::metrics;
 
 /// How long the writer gathers views after each write: the read model of
 /// other nodes lags by this much more, and PostgreSQL sees at most this
@@ -130,16 +131,19 @@ async fn save(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    match journal.save_views(rows).await {
+    match timed(journal, rows).await {
         // Row by row, so that the one refused does not hold back the others.
         Err(error) if refused(&error) => {
             for row in rows {
-                match journal.save_views(std::slice::from_ref(row)).await {
-                    Err(error) if refused(&error) => tracing::error!(
-                        pool = %row.pool,
-                        seq_nr = row.seq_nr.0,
-                        "the read-model row was refused and is not written: {error}"
-                    ),
+                match timed(journal, std::slice::from_ref(row)).await {
+                    Err(error) if refused(&error) => {
+                        metrics().view_rows_refused.inc();
+                        tracing::error!(
+                            pool = %row.pool,
+                            seq_nr = row.seq_nr.0,
+                            "the read-model row was refused and is not written: {error}"
+                        );
+                    }
                     other => other?,
                 }
             }
@@ -147,6 +151,20 @@ async fn save(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
         }
         other => other,
     }
+}
+
+/// One statement, recorded in the metrics.
+async fn timed(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let written = journal.save_views(rows).await;
+    let metrics = metrics();
+    metrics
+        .view_write_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if written.is_ok() {
+        metrics.view_rows.observe(rows.len() as f64);
+    }
+    written
 }
 
 /// Whether PostgreSQL refused the data itself (SQLSTATE classes 22, data
