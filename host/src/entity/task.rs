@@ -400,19 +400,7 @@ impl Entity {
         if !events.is_empty() || !records.is_empty() {
             // A batch of refusals changes no state: the view stays as it is,
             // and no node is told to fetch it again.
-            let view = if events.is_empty() {
-                None
-            } else {
-                match self.live.view() {
-                    Ok(view) => Some(view),
-                    Err(error) => {
-                        tracing::warn!(
-                            "view failed; the read model keeps the previous one: {error}"
-                        );
-                        None
-                    }
-                }
-            };
+            let changed = !events.is_empty();
             let append = Append {
                 pool: self.id.clone(),
                 expected: self.seq,
@@ -424,8 +412,15 @@ impl Entity {
             match runtime.committer.append(append).await {
                 Ok(end) => {
                     self.seq = end;
-                    if let Some(view) = view {
-                        runtime.publish_view(&self.id, &self.capacity_type, end, view);
+                    if changed {
+                        match self.live.view() {
+                            Ok(view) => {
+                                runtime.publish_view(&self.id, &self.capacity_type, end, view)
+                            }
+                            Err(error) => tracing::warn!(
+                                "view failed; the read model keeps the previous one: {error}"
+                            ),
+                        }
                     }
                 }
                 Err(error) => {

@@ -92,8 +92,7 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
             }
         }
         let rows: Vec<PoolViewRow> = held.drain().map(|(_, row)| row).collect();
-        let written = save(&journal, &rows).await;
-        match written {
+        match save(&journal, &rows).await {
             Ok(()) => {
                 for flush in flushes.drain(..) {
                     let _ = flush.send(Ok(()));
