@@ -53,6 +53,10 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
     ] {
         assert!(stdout.contains(row), "no `{row}` comparison:\n{stdout}");
     }
+    assert!(
+        stdout.contains("disk, during the runs: ") && stdout.contains("fsync ms"),
+        "no figures of the disk probe:\n{stdout}"
+    );
     for target in ["allot", "baseline"] {
         assert!(
             stdout.contains(&format!("{target}: checked")),

@@ -125,6 +125,8 @@ pub struct Report {
     pub generator_cpu: Option<f64>,
     /// Cores the target kept busy, on average, when it runs here.
     pub target_cpu: Option<f64>,
+    /// The disk probe's flushes during the run.
+    pub disk: Option<super::disk::DiskFigures>,
 }
 
 impl Report {
@@ -139,6 +141,7 @@ impl Report {
             errors: BTreeMap::new(),
             generator_cpu: None,
             target_cpu: None,
+            disk: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! the latency objective. At the end each target's database is checked:
 //! no pool over capacity, every acknowledged reservation recorded once.
 
+mod disk;
 mod load;
 mod targets;
 
@@ -22,6 +23,7 @@ use reqwest::{Client, Method};
 
 use crate::dev;
 use crate::pg::EmbeddedPostgres;
+use disk::{DiskFigures, DiskProbe};
 use load::{Plan, Report, Shot};
 use targets::{Design, Server, Target};
 
@@ -115,6 +117,12 @@ pub struct BenchArgs {
     /// Its database, for the final check.
     #[arg(long)]
     baseline_database_url: Option<String>,
+    /// A folder on the disk PostgreSQL commits to, where a probe measures
+    /// how long a flush takes during each run (printed as `fsync ms`). By
+    /// default the embedded PostgreSQL's folder, or the system's temporary
+    /// folder when PostgreSQL is given by URL.
+    #[arg(long)]
+    disk_probe: Option<std::path::PathBuf>,
     /// An operator token of the running targets.
     #[arg(long, env = "ALLOT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -232,6 +240,9 @@ struct Bench {
     churn: u64,
     client_threads: usize,
     comparisons: Vec<Comparison>,
+    disk: Option<DiskProbe>,
+    /// Every flush the probe measured during runs.
+    disk_total: Option<DiskFigures>,
     _postgres: Option<EmbeddedPostgres>,
     _dir: TempDir,
 }
@@ -339,6 +350,21 @@ impl Bench {
             };
             targets.push(target);
         }
+        let probe_dir = match (&args.disk_probe, &postgres) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(server)) => server.dir().to_owned(),
+            (None, None) => std::env::temp_dir(),
+        };
+        let disk = match DiskProbe::start(&probe_dir) {
+            Ok(probe) => Some(probe),
+            Err(e) => {
+                eprintln!(
+                    "no disk probe ({}: {e}); runs are measured without it",
+                    probe_dir.display()
+                );
+                None
+            }
+        };
         let mut bench = Self {
             spread: Vec::new(),
             targets,
@@ -347,6 +373,8 @@ impl Bench {
             churn: args.churn,
             client_threads: args.client_threads,
             comparisons: Vec::new(),
+            disk_total: disk.as_ref().map(|_| DiskFigures::default()),
+            disk,
             _postgres: postgres,
             _dir: dir,
         };
@@ -392,7 +420,7 @@ impl Bench {
 
     async fn run_scenarios(&mut self, args: &BenchArgs) -> anyhow::Result<bool> {
         println!(
-            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}  errors",
+            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}  errors",
             "scenario",
             "target",
             "offered/s",
@@ -403,7 +431,8 @@ impl Bench {
             "p99.9 ms",
             "max ms",
             "rss MiB",
-            "cpu t/g"
+            "cpu t/g",
+            "fsync ms"
         );
         let mut ok = true;
         for scenario in &args.scenarios {
@@ -464,17 +493,40 @@ impl Bench {
         let name = target.design.name();
         let pid = target.server.as_ref().and_then(Server::pid);
         let cpu_before = pid.and_then(load::cpu_seconds);
+        let disk = self.disk.as_ref();
+        if let Some(probe) = disk {
+            probe.take();
+        }
+        let mut flushes = disk.map(|_| DiskFigures::default());
         let mut report = load::run(&target.caller, plan, self.client_threads, |interval| {
+            let recent = disk.map(DiskProbe::take);
+            if let (Some(run), Some(recent)) = (&mut flushes, &recent) {
+                run.add(recent);
+            }
             print_row(
                 &format!("{} …", load.name()),
                 name,
                 interval,
                 target.rss_mib(),
+                recent.as_ref(),
             );
         })
         .await?;
+        if let (Some(run), Some(probe)) = (&mut flushes, disk) {
+            run.add(&probe.take());
+        }
+        if let (Some(total), Some(run)) = (&mut self.disk_total, &flushes) {
+            total.add(run);
+        }
+        report.disk = flushes;
         report.target_cpu = pid.and_then(|pid| load::cores(cpu_before, pid, report.elapsed));
-        print_row(load.name(), name, &report, target.rss_mib());
+        print_row(
+            load.name(),
+            name,
+            &report,
+            target.rss_mib(),
+            report.disk.as_ref(),
+        );
         // Let the target finish what it queued before the next run.
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(report)
@@ -578,7 +630,13 @@ impl Bench {
                 report_every: None,
             };
             let report = load::run(&target.caller, plan, self.client_threads, |_| {}).await?;
-            print_row("sellout", target.design.name(), &report, target.rss_mib());
+            print_row(
+                "sellout",
+                target.design.name(),
+                &report,
+                target.rss_mib(),
+                None,
+            );
             let taken: u64 = pools
                 .iter()
                 .map(|&i| target.caller.ledger.accepted(i))
@@ -707,6 +765,17 @@ impl Bench {
                 names[0], names[1]
             );
         }
+        if let Some(disk) = self.disk_total.as_ref().filter(|d| d.count() > 0) {
+            println!(
+                "disk, during the runs: {} flushes of 4 KiB, p50 {:.2} ms, p99 {:.2} ms, \
+                 {} over 10 ms, longest {:.0} ms",
+                disk.count(),
+                disk.ms(0.5),
+                disk.ms(0.99),
+                disk.over(10.0),
+                disk.max_ms()
+            );
+        }
     }
 
     /// Checks every target's database; prints what it found.
@@ -757,7 +826,13 @@ impl Bench {
     }
 }
 
-fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
+fn print_row(
+    scenario: &str,
+    target: &str,
+    report: &Report,
+    rss: Option<f64>,
+    disk: Option<&DiskFigures>,
+) {
     let errors = if report.errors.is_empty() {
         "none".to_owned()
     } else {
@@ -769,7 +844,7 @@ fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
             .join(", ")
     };
     println!(
-        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9}  {}",
+        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9} {:>10}  {}",
         scenario,
         target,
         thousands(report.offered),
@@ -783,6 +858,11 @@ fn print_row(scenario: &str, target: &str, report: &Report, rss: Option<f64>) {
         match (report.target_cpu, report.generator_cpu) {
             (Some(t), Some(g)) => format!("{t:.2}/{g:.2}"),
             (None, Some(g)) => format!("-/{g:.2}"),
+            _ => "-".to_owned(),
+        },
+        match disk {
+            Some(flushes) if flushes.count() > 0 =>
+                format!("{:.1}/{:.0}", flushes.ms(0.99), flushes.max_ms()),
             _ => "-".to_owned(),
         },
         errors
