@@ -69,6 +69,8 @@ pub struct Metrics {
     pub view_write_seconds: Histogram,
     /// Read-model rows PostgreSQL refused for what they hold.
     pub view_rows_refused: Counter,
+    /// Pools whose latest view the view writer holds and has not written.
+    pub view_rows_pending: Gauge,
     /// Time of plugin calls.
     pub plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
     /// Entities live on this node.
@@ -125,6 +127,7 @@ impl Metrics {
             view_rows: sizes(),
             view_write_seconds: latency(),
             view_rows_refused: Counter::default(),
+            view_rows_pending: Gauge::default(),
             plugin_calls,
             active_pools: Gauge::default(),
             read_model_pools: Gauge::default(),
@@ -175,6 +178,11 @@ impl Metrics {
             "allot_view_rows_refused",
             "Read-model rows PostgreSQL refused for what they hold, left unwritten",
             metrics.view_rows_refused.clone(),
+        );
+        registry.register(
+            "allot_view_rows_pending",
+            "Pools whose latest view the view writer holds and has not written yet",
+            metrics.view_rows_pending.clone(),
         );
         registry.register(
             "allot_plugin_call_duration_seconds",

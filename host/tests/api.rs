@@ -819,6 +819,8 @@ async fn node_routes_and_openapi_document() {
         "allot_journal_append_duration_seconds",
         "allot_view_rows_written",
         "allot_view_write_duration_seconds",
+        "allot_view_rows_refused",
+        "allot_view_rows_pending",
         "allot_plugin_call_duration_seconds",
         "allot_read_model_lag_seconds",
         "allot_cluster_shards_held",

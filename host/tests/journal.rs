@@ -280,6 +280,10 @@ async fn a_writer_that_waited_sees_the_new_end() {
     );
 }
 
+/// The view writers' metrics are the process's: tests that read them run
+/// one at a time.
+static VIEW_WRITERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn view_row(pool: &str, seq: i64, view: &str) -> PoolViewRow {
     PoolViewRow {
         pool: PoolId::new(pool).unwrap(),
@@ -292,6 +296,7 @@ fn view_row(pool: &str, seq: i64, view: &str) -> PoolViewRow {
 /// The view writer keeps each pool's latest view, never moves a row back, and leaves out only a row PostgreSQL refuses.
 #[tokio::test]
 async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
+    let _alone = VIEW_WRITERS.lock().await;
     let (journal, _, url) = journal_with_pool("p").await;
     let writer = ViewWriter::start(journal.clone());
     writer.publish(view_row("a", 2, r#"{"n": 2}"#));
@@ -315,4 +320,42 @@ async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
     .await
     .unwrap();
     assert_eq!(rows, [("a".into(), 2, 2), ("b".into(), 5, 5)]);
+}
+
+#[tokio::test]
+async fn the_view_writer_keeps_what_it_could_not_write_and_tries_again() {
+    let _alone = VIEW_WRITERS.lock().await;
+    let (journal, _, url) = journal_with_pool("p").await;
+    let writer = ViewWriter::start(journal.clone());
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    // The table is out of reach for a while: every write fails.
+    sqlx::query("ALTER TABLE pool_views RENAME TO pool_views_away")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    writer.publish(view_row("a", 1, r#"{"n": 1}"#));
+    writer.publish(view_row("b", 1, r#"{"n": 1}"#));
+    let failed = writer.flush().await.unwrap_err();
+    assert!(failed.contains("pool_views"), "{failed}");
+    let pending = &allot_host::metrics::metrics().view_rows_pending;
+    assert_eq!(pending.get(), 2, "both views wait for their rows");
+    // A later view of a waiting pool replaces the one held.
+    writer.publish(view_row("a", 2, r#"{"n": 2}"#));
+
+    sqlx::query("ALTER TABLE pool_views_away RENAME TO pool_views")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(error) = writer.flush().await {
+        assert!(std::time::Instant::now() < deadline, "{error}");
+    }
+    assert_eq!(pending.get(), 0);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT pool_id, seq_nr FROM pool_views WHERE pool_id IN ('a', 'b') ORDER BY pool_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("a".into(), 2), ("b".into(), 1)]);
 }

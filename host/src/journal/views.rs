@@ -92,8 +92,11 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
             }
         }
         let rows: Vec<PoolViewRow> = held.drain().map(|(_, row)| row).collect();
+        let pending = &metrics().view_rows_pending;
+        pending.set(rows.len() as i64);
         match save(&journal, &rows).await {
             Ok(()) => {
+                pending.set(0);
                 for flush in flushes.drain(..) {
                     let _ = flush.send(Ok(()));
                 }
@@ -109,6 +112,7 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
                 for row in rows {
                     keep_latest(&mut held, row);
                 }
+                pending.set(held.len() as i64);
                 if !open {
                     return;
                 }
