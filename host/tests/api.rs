@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use allot_host::node::{EntityConfig, Node};
-use common::api::{Api, CHECKOUT, OPERATOR, PLANNER, PLUGINS, node, node_with};
+use allot_host::node::{ClusterConfig, EntityConfig, Node};
+use common::api::{Api, CHECKOUT, OPERATOR, PLANNER, PLUGINS, node, node_in_cluster, node_with};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -47,6 +47,68 @@ async fn read_model_reaches(node: &Node, pool: &str, seq: i64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the read model never reached seq {seq} of {pool}");
+}
+
+/// A read-model row that falls behind its pool's history while the node
+/// keeps the pool (here: deleted and set back from outside) is written
+/// again by the node's periodic look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_model_rows_behind_their_history_are_written_again() {
+    let url = common::database().await;
+    let cluster = ClusterConfig {
+        view_repair_seconds: 1,
+        ..ClusterConfig::default()
+    };
+    let node = node_in_cluster(Some(url.clone()), EntityConfig::default(), cluster).await;
+    let planner = Api::new(&node, Some(PLANNER));
+    let checkout = Api::new(&node, Some(CHECKOUT));
+    for pool in ["lost", "behind"] {
+        planner
+            .create(pool, "quota", json!({ "name": pool, "units": 5 }))
+            .await
+            .ok(201);
+        checkout
+            .reserve(pool, &format!("{pool}-1"), json!({ "units": 2 }))
+            .await
+            .ok(201);
+        read_model_reaches(&node, pool, 1).await;
+    }
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows = || async {
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT pool_id, seq_nr, (view->'cells'->0->>'used')::bigint FROM pool_views
+              WHERE pool_id IN ('lost', 'behind') ORDER BY pool_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    // Both rows are current, written by the view writer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rows().await != [("behind".into(), 1, 2), ("lost".into(), 1, 2)] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", rows().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("DELETE FROM pool_views WHERE pool_id = 'lost'")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE pool_views SET seq_nr = 0, view = '{\"cells\": [{\"used\": 0}]}'
+          WHERE pool_id = 'behind'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while rows().await != [("behind".into(), 1, 2), ("lost".into(), 1, 2)] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not repaired: {:?}",
+            rows().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reserve, retry, read the outcome, release: the checkout flow, with the audit trail it leaves.

@@ -75,6 +75,9 @@ pub struct Settings {
     pub lease: Duration,
     /// How often leases are renewed and placement is looked at.
     pub tick: Duration,
+    /// How often the read-model rows of the shards held are looked at for
+    /// rows behind their history; never when `None`.
+    pub view_repair: Option<Duration>,
 }
 
 /// Why the cluster could not be joined.
@@ -221,6 +224,10 @@ impl Cluster {
         let listen = tokio::spawn(wake_on_notify(listener, Arc::downgrade(&inner)));
         let ticks = tokio::spawn(tick_forever(Arc::downgrade(&inner)));
         inner.tasks.lock().expect("tasks").extend([listen, ticks]);
+        if let Some(every) = inner.settings.view_repair {
+            let repairs = tokio::spawn(repair_forever(Arc::downgrade(&inner), every));
+            inner.tasks.lock().expect("tasks").push(repairs);
+        }
         tracing::info!(
             node = %inner.settings.node_id,
             shards = inner.state.lock().expect("cluster state").held.len(),
@@ -797,6 +804,32 @@ async fn tick_forever(inner: Weak<Inner>) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!("cluster tick failed: {error}"),
             Err(_) => tracing::warn!("cluster tick took too long; trying again"),
+        }
+    }
+}
+
+/// Now and then, writes the read-model rows of the shards held that are
+/// behind their pools' history. A shard's new owner repairs its rows when it
+/// takes it; this covers rows that fall behind while a node keeps its
+/// shards: one PostgreSQL refused (written once a plugin version renders it
+/// differently), or one changed or lost outside the node.
+async fn repair_forever(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let held: Vec<u32> = {
+            let state = strong.state.lock().expect("cluster state");
+            state.held.keys().copied().collect()
+        };
+        let runtime = strong.runtime.clone();
+        drop(strong);
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(error) = runtime.repair_views(&held).await {
+            tracing::warn!("cannot look for read-model rows to repair: {error}");
         }
     }
 }

@@ -159,9 +159,26 @@ impl Runtime {
     /// or behind their history, from the recovered pools: a node that
     /// stopped between an append and its view leaves such rows. Returns how
     /// many were written; a pool that cannot be read now is logged and left
-    /// for the next owner.
+    /// for the next owner or the next look.
+    ///
+    /// A row is taken as behind only if it still is once this node's own
+    /// views written meanwhile are in: a pool appended to just now is not.
     pub async fn repair_views(&self, shards: &[u32]) -> Result<usize> {
-        let stale = self.inner.journal.stale_views(shards).await?;
+        let first = self.inner.journal.stale_views(shards).await?;
+        if first.is_empty() {
+            return Ok(0);
+        }
+        self.inner.flush_views().await;
+        let behind: std::collections::HashSet<PoolId> =
+            first.into_iter().map(|(pool, _)| pool).collect();
+        let stale: Vec<(PoolId, String)> = self
+            .inner
+            .journal
+            .stale_views(shards)
+            .await?
+            .into_iter()
+            .filter(|(pool, _)| behind.contains(pool))
+            .collect();
         let mut repaired = 0;
         for (pool, capacity_type) in stale {
             match self

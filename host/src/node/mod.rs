@@ -83,6 +83,10 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     /// Milliseconds between lease renewals and looks at placement.
     pub tick_ms: u64,
+    /// Seconds between looks for read-model rows of this node's shards
+    /// that are behind their pools' history (a view write that kept
+    /// failing), which are then written again; 0 never looks.
+    pub view_repair_seconds: u64,
 }
 
 impl Default for ClusterConfig {
@@ -93,6 +97,7 @@ impl Default for ClusterConfig {
             secret: None,
             lease_ms: 3000,
             tick_ms: 500,
+            view_repair_seconds: 300,
         }
     }
 }
@@ -151,6 +156,8 @@ impl ClusterConfig {
             secret,
             lease: std::time::Duration::from_millis(self.lease_ms),
             tick: std::time::Duration::from_millis(self.tick_ms),
+            view_repair: (self.view_repair_seconds > 0)
+                .then(|| std::time::Duration::from_secs(self.view_repair_seconds)),
         })
     }
 }

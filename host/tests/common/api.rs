@@ -20,6 +20,16 @@ pub const PLUGINS: &[&str] = &[
 
 /// Starts a node on a fresh database, listening on a free loopback port.
 pub async fn node_with(url: Option<String>, entities: EntityConfig) -> Node {
+    node_in_cluster(url, entities, ClusterConfig::default()).await
+}
+
+/// Starts a node as [`node_with`] does, with these cluster settings (the
+/// test cluster's secret added).
+pub async fn node_in_cluster(
+    url: Option<String>,
+    entities: EntityConfig,
+    cluster: ClusterConfig,
+) -> Node {
     let url = match url {
         Some(url) => url,
         None => super::database().await,
@@ -45,7 +55,7 @@ pub async fn node_with(url: Option<String>, entities: EntityConfig) -> Node {
         // Nodes a test starts on one database form a cluster.
         cluster: ClusterConfig {
             secret: Some("test-cluster-secret-0001".into()),
-            ..ClusterConfig::default()
+            ..cluster
         },
         ..Config::default()
     })
