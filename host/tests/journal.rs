@@ -305,6 +305,18 @@ async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
     // Valid JSON that `jsonb` refuses to store.
     writer.publish(view_row("c", 1, r#"{"n": "\u0000"}"#));
     writer.flush().await.unwrap();
+    let refusals = &allot_host::metrics::metrics().view_rows_refused;
+    let counted = refusals.get();
+    assert!(counted >= 1);
+    assert!(writer.refused(&PoolId::new("c").unwrap(), SeqNr(1)));
+    // The same view again is not tried again, nor counted again.
+    writer.publish(view_row("c", 1, r#"{"n": "\u0000"}"#));
+    writer.flush().await.unwrap();
+    assert_eq!(refusals.get(), counted);
+    // A later view of that pool is written, and the refusal forgotten.
+    writer.publish(view_row("c", 2, r#"{"n": 2}"#));
+    writer.flush().await.unwrap();
+    assert!(!writer.refused(&PoolId::new("c").unwrap(), SeqNr(1)));
     // A later write of an older seq does not move the row back.
     journal
         .save_views(&[view_row("b", 4, r#"{"n": 4}"#)])
@@ -319,7 +331,10 @@ async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(rows, [("a".into(), 2, 2), ("b".into(), 5, 5)]);
+    assert_eq!(
+        rows,
+        [("a".into(), 2, 2), ("b".into(), 5, 5), ("c".into(), 2, 2)]
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,12 @@ const EVERY: Duration = Duration::from_millis(10);
 /// What it writes each time: one page.
 const BLOCK: usize = 4096;
 
+/// Pages of its file, written in turn.
+const BLOCKS: u64 = 256;
+
+/// How its file is named, before the process id.
+const PREFIX: &str = "allot-disk-probe-";
+
 /// The flushes of one run.
 #[derive(Clone)]
 pub struct DiskFigures {
@@ -80,14 +86,23 @@ pub struct DiskProbe {
 }
 
 impl DiskProbe {
-    /// Starts probing with a file in `dir`.
+    /// Starts probing with a file in `dir`, written in full and flushed
+    /// first, so that the flushes measured write data, not the file's growth.
+    /// Files a probe left behind (its process killed) are removed.
     pub fn start(dir: &Path) -> std::io::Result<Self> {
-        let path = dir.join(format!("allot-disk-probe-{}", std::process::id()));
-        let file = OpenOptions::new()
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let path = dir.join(format!("{PREFIX}{}", std::process::id()));
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)?;
+        file.write_all(&vec![0; BLOCKS as usize * BLOCK])?;
+        file.sync_all()?;
         let figures = Arc::new(Mutex::new(DiskFigures::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -126,13 +141,14 @@ fn probe(mut file: File, figures: &Mutex<DiskFigures>, stop: &AtomicBool) {
     let mut next = Instant::now();
     let mut offset = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // Writes go round a file of 256 pages, as a WAL segment's do.
+        // Overwrites in place, as PostgreSQL's WAL does in its segments.
         let started = Instant::now();
         let flushed = file
             .seek(SeekFrom::Start(offset))
             .and_then(|_| file.write_all(&block))
             .and_then(|_| file.sync_data());
-        if flushed.is_err() {
+        if let Err(error) = flushed {
+            eprintln!("the disk probe stopped: {error}; later runs show no flushes");
             return;
         }
         let took = started.elapsed().as_micros().max(1) as u64;
@@ -141,7 +157,7 @@ fn probe(mut file: File, figures: &Mutex<DiskFigures>, stop: &AtomicBool) {
             .expect("probe lock")
             .latency
             .saturating_record(took);
-        offset = (offset + BLOCK as u64) % (256 * BLOCK as u64);
+        offset = (offset + BLOCK as u64) % (BLOCKS * BLOCK as u64);
         next += EVERY;
         let now = Instant::now();
         if next > now {
@@ -175,6 +191,11 @@ mod tests {
         assert!(path.exists());
         drop(probe);
         assert!(!path.exists(), "the probe's file is removed");
+        // A file left behind by a probe that was killed goes at the next start.
+        let left = dir.join(format!("{PREFIX}1"));
+        std::fs::write(&left, b"left behind").unwrap();
+        drop(DiskProbe::start(&dir).unwrap());
+        assert!(!left.exists(), "a probe's file left behind is removed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

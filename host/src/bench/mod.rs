@@ -356,7 +356,14 @@ impl Bench {
             (None, None) => std::env::temp_dir(),
         };
         let disk = match DiskProbe::start(&probe_dir) {
-            Ok(probe) => Some(probe),
+            Ok(probe) => {
+                eprintln!("the disk probe flushes in {}", probe_dir.display());
+                Some(probe)
+            }
+            // A folder asked for must work.
+            Err(e) if args.disk_probe.is_some() => {
+                bail!("--disk-probe {}: {e}", probe_dir.display())
+            }
             Err(e) => {
                 eprintln!(
                     "no disk probe ({}: {e}); runs are measured without it",
@@ -446,6 +453,7 @@ impl Bench {
             }
         }
         self.print_comparison();
+        self.print_disk();
         Ok(ok)
     }
 
@@ -765,6 +773,10 @@ impl Bench {
                 names[0], names[1]
             );
         }
+    }
+
+    /// The disk probe's flushes over every run.
+    fn print_disk(&self) {
         if let Some(disk) = self.disk_total.as_ref().filter(|d| d.count() > 0) {
             println!(
                 "disk, during the runs: {} flushes of 4 KiB, p50 {:.2} ms, p99 {:.2} ms, \

@@ -811,8 +811,7 @@ async fn tick_forever(inner: Weak<Inner>) {
 /// Now and then, writes the read-model rows of the shards held that are
 /// behind their pools' history. A shard's new owner repairs its rows when it
 /// takes it; this covers rows that fall behind while a node keeps its
-/// shards: one PostgreSQL refused (written once a plugin version renders it
-/// differently), or one changed or lost outside the node.
+/// shards: changed or lost outside the node.
 async fn repair_forever(inner: Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;

@@ -163,21 +163,29 @@ impl Runtime {
     ///
     /// A row is taken as behind only if it still is once this node's own
     /// views written meanwhile are in: a pool appended to just now is not.
+    /// While this node's view writer cannot write, nothing is repaired (its
+    /// pending views are the rows behind); a row PostgreSQL refused is not
+    /// rendered again for the same history.
     pub async fn repair_views(&self, shards: &[u32]) -> Result<usize> {
         let first = self.inner.journal.stale_views(shards).await?;
         if first.is_empty() {
             return Ok(0);
         }
-        self.inner.flush_views().await;
+        if !self.inner.flush_views().await {
+            return Ok(0);
+        }
         let behind: std::collections::HashSet<PoolId> =
-            first.into_iter().map(|(pool, _)| pool).collect();
+            first.into_iter().map(|(pool, ..)| pool).collect();
         let stale: Vec<(PoolId, String)> = self
             .inner
             .journal
             .stale_views(shards)
             .await?
             .into_iter()
-            .filter(|(pool, _)| behind.contains(pool))
+            .filter(|(pool, _, last)| {
+                behind.contains(pool) && !self.inner.views.refused(pool, *last)
+            })
+            .map(|(pool, capacity_type, _)| (pool, capacity_type))
             .collect();
         let mut repaired = 0;
         for (pool, capacity_type) in stale {
@@ -447,9 +455,15 @@ impl Inner {
     }
 
     /// Waits until the views published so far are written; logs a failure.
-    async fn flush_views(&self) {
-        if let Err(error) = self.views.flush().await {
-            tracing::warn!("read-model rows not written yet: {error}");
+    /// Waits for the view writer to write what it holds; false if it
+    /// could not (it keeps the views and tries again).
+    async fn flush_views(&self) -> bool {
+        match self.views.flush().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!("read-model rows not written yet: {error}");
+                false
+            }
         }
     }
 

@@ -495,11 +495,12 @@ impl Journal {
     }
 
     /// Pools of these shards whose read-model row is missing or behind
-    /// their history, with their capacity types; failed pools are left out.
-    pub async fn stale_views(&self, shards: &[u32]) -> Result<Vec<(PoolId, String)>> {
+    /// their history, with their capacity types and where their histories
+    /// end; failed pools are left out.
+    pub async fn stale_views(&self, shards: &[u32]) -> Result<Vec<(PoolId, String, SeqNr)>> {
         let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT p.pool_id, p.capacity_type FROM pools p
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT p.pool_id, p.capacity_type, p.last_seq FROM pools p
                LEFT JOIN pool_views v ON v.pool_id = p.pool_id
               WHERE p.shard = ANY($1) AND p.failed_reason IS NULL
                 AND (v.seq_nr IS NULL OR v.seq_nr < p.last_seq)
@@ -509,7 +510,7 @@ impl Journal {
         .fetch_all(&self.db)
         .await?;
         rows.into_iter()
-            .map(|(pool, capacity_type)| Ok((stored_id(&pool)?, capacity_type)))
+            .map(|(pool, capacity_type, last)| Ok((stored_id(&pool)?, capacity_type, SeqNr(last))))
             .collect()
     }
 

@@ -14,15 +14,19 @@
 //! shard next finds such rows ([`Journal::stale_views`]) and writes them from
 //! the recovered pool. A row never goes back: a write keeps a later seq that
 //! is already there.
+//!
+//! A row PostgreSQL refuses for what it holds is logged once and remembered:
+//! the same view of the same pool is not tried again, and a later one is.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Error, Journal, PoolViewRow, Result};
-use crate::ids::PoolId;
+use crate::ids::{PoolId, SeqNr};
 use crate::metrics::metrics;
 
 /// How long the writer gathers views after each write: the read model of
@@ -43,14 +47,32 @@ enum Message {
 #[derive(Clone)]
 pub struct ViewWriter {
     queue: mpsc::UnboundedSender<Message>,
+    refused: Refused,
 }
+
+/// The views PostgreSQL refused, per pool: the seq and a hash of the body.
+/// At most one per pool; a pool's entry goes when a later view of it is
+/// written.
+type Refused = Arc<Mutex<RefusedViews>>;
+type RefusedViews = HashMap<PoolId, (SeqNr, u64)>;
 
 impl ViewWriter {
     /// Starts the writer task.
     pub fn start(journal: Journal) -> Self {
         let (queue, messages) = mpsc::unbounded_channel();
-        tokio::spawn(write(journal, messages));
-        Self { queue }
+        let refused = Refused::default();
+        tokio::spawn(write(journal, messages, refused.clone()));
+        Self { queue, refused }
+    }
+
+    /// Whether PostgreSQL refused this pool's view as of `seq`: a repair
+    /// of the row would only be refused again.
+    pub fn refused(&self, pool: &PoolId, seq: SeqNr) -> bool {
+        self.refused
+            .lock()
+            .expect("refused views")
+            .get(pool)
+            .is_some_and(|(refused, _)| *refused == seq)
     }
 
     /// Queues a view for its row. Never waits: the task holds one view per
@@ -70,9 +92,10 @@ impl ViewWriter {
     }
 }
 
-async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>) {
+async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>, refused: Refused) {
     let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
     let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut pending = Pending::default();
     let mut open = true;
     loop {
         if held.is_empty() && flushes.is_empty() {
@@ -91,12 +114,21 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
                 }
             }
         }
-        let rows: Vec<PoolViewRow> = held.drain().map(|(_, row)| row).collect();
-        let pending = &metrics().view_rows_pending;
-        pending.set(rows.len() as i64);
-        match save(&journal, &rows).await {
+        let rows: Vec<PoolViewRow> = {
+            let refused = refused.lock().expect("refused views");
+            held.drain()
+                .map(|(_, row)| row)
+                .filter(|row| {
+                    refused
+                        .get(&row.pool)
+                        .is_none_or(|&(seq, hash)| seq != row.seq_nr || hash != body_hash(row))
+                })
+                .collect()
+        };
+        pending.show(rows.len());
+        match save(&journal, &rows, &refused).await {
             Ok(()) => {
-                pending.set(0);
+                pending.show(0);
                 for flush in flushes.drain(..) {
                     let _ = flush.send(Ok(()));
                 }
@@ -112,7 +144,7 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
                 for row in rows {
                     keep_latest(&mut held, row);
                 }
-                pending.set(held.len() as i64);
+                pending.show(held.len());
                 if !open {
                     return;
                 }
@@ -128,31 +160,86 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>)
 }
 
 /// Writes the rows. A row PostgreSQL refuses for what it holds (a view
-/// `jsonb` cannot store) is logged and left out rather than holding back
-/// every other pool's; any other failure is for the caller to retry.
-async fn save(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
+/// `jsonb` cannot store) is logged, remembered in `refused` and left out
+/// rather than holding back every other pool's; any other failure is for
+/// the caller to retry.
+async fn save(
+    journal: &Journal,
+    rows: &[PoolViewRow],
+    refused: &Mutex<RefusedViews>,
+) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     match timed(journal, rows).await {
         // Row by row, so that the one refused does not hold back the others.
-        Err(error) if refused(&error) => {
+        Err(error) if is_refusal(&error) => {
             for row in rows {
                 match timed(journal, std::slice::from_ref(row)).await {
-                    Err(error) if refused(&error) => {
+                    Err(error) if is_refusal(&error) => {
                         metrics().view_rows_refused.inc();
                         tracing::error!(
                             pool = %row.pool,
                             seq_nr = row.seq_nr.0,
                             "the read-model row was refused and is not written: {error}"
                         );
+                        refused
+                            .lock()
+                            .expect("refused views")
+                            .insert(row.pool.clone(), (row.seq_nr, body_hash(row)));
                     }
-                    other => other?,
+                    Ok(()) => forget_refused(refused, std::slice::from_ref(row)),
+                    Err(error) => return Err(error),
                 }
             }
             Ok(())
         }
-        other => other,
+        Ok(()) => {
+            forget_refused(refused, rows);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A pool whose later view was written has no refused view any more.
+fn forget_refused(refused: &Mutex<RefusedViews>, written: &[PoolViewRow]) {
+    let mut refused = refused.lock().expect("refused views");
+    if refused.is_empty() {
+        return;
+    }
+    for row in written {
+        if refused
+            .get(&row.pool)
+            .is_some_and(|(seq, _)| *seq < row.seq_nr)
+        {
+            refused.remove(&row.pool);
+        }
+    }
+}
+
+fn body_hash(row: &PoolViewRow) -> u64 {
+    crate::ids::fnv1a(row.view.get().as_bytes())
+}
+
+/// This writer's part of `allot_view_rows_pending`: several writers in one
+/// process (several nodes of `allot dev`) add theirs up.
+#[derive(Default)]
+struct Pending {
+    shown: i64,
+}
+
+impl Pending {
+    fn show(&mut self, rows: usize) {
+        let rows = rows as i64;
+        metrics().view_rows_pending.inc_by(rows - self.shown);
+        self.shown = rows;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.show(0);
     }
 }
 
@@ -172,7 +259,7 @@ async fn timed(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
 
 /// Whether PostgreSQL refused the data itself (SQLSTATE classes 22, data
 /// exception, and 23, integrity violation): trying again cannot help.
-fn refused(error: &Error) -> bool {
+fn is_refusal(error: &Error) -> bool {
     match error {
         Error::Database(sqlx::Error::Database(db)) => db
             .code()

@@ -84,8 +84,8 @@ pub struct ClusterConfig {
     /// Milliseconds between lease renewals and looks at placement.
     pub tick_ms: u64,
     /// Seconds between looks for read-model rows of this node's shards
-    /// that are behind their pools' history (a view write that kept
-    /// failing), which are then written again; 0 never looks.
+    /// that are behind their pools' history (changed or lost outside the
+    /// node), which are then written again; 0 never looks.
     pub view_repair_seconds: u64,
 }
 
