@@ -29,7 +29,6 @@ const BLOCKS: u64 = 256;
 const PREFIX: &str = "allot-disk-probe-";
 
 /// The flushes of one run.
-#[derive(Clone)]
 pub struct DiskFigures {
     /// Flush latencies in µs.
     latency: Histogram<u64>,

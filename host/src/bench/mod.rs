@@ -242,7 +242,7 @@ struct Bench {
     comparisons: Vec<Comparison>,
     disk: Option<DiskProbe>,
     /// Every flush the probe measured during runs.
-    disk_total: Option<DiskFigures>,
+    disk_total: DiskFigures,
     _postgres: Option<EmbeddedPostgres>,
     _dir: TempDir,
 }
@@ -380,7 +380,7 @@ impl Bench {
             churn: args.churn,
             client_threads: args.client_threads,
             comparisons: Vec::new(),
-            disk_total: disk.as_ref().map(|_| DiskFigures::default()),
+            disk_total: DiskFigures::default(),
             disk,
             _postgres: postgres,
             _dir: dir,
@@ -523,8 +523,8 @@ impl Bench {
         if let (Some(run), Some(probe)) = (&mut flushes, disk) {
             run.add(&probe.take());
         }
-        if let (Some(total), Some(run)) = (&mut self.disk_total, &flushes) {
-            total.add(run);
+        if let Some(run) = &flushes {
+            self.disk_total.add(run);
         }
         report.disk = flushes;
         report.target_cpu = pid.and_then(|pid| load::cores(cpu_before, pid, report.elapsed));
@@ -777,7 +777,8 @@ impl Bench {
 
     /// The disk probe's flushes over every run.
     fn print_disk(&self) {
-        if let Some(disk) = self.disk_total.as_ref().filter(|d| d.count() > 0) {
+        let disk = &self.disk_total;
+        if disk.count() > 0 {
             println!(
                 "disk, during the runs: {} flushes of 4 KiB, p50 {:.2} ms, p99 {:.2} ms, \
                  {} over 10 ms, longest {:.0} ms",

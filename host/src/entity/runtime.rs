@@ -454,7 +454,6 @@ impl Inner {
         }
     }
 
-    /// Waits until the views published so far are written; logs a failure.
     /// Waits for the view writer to write what it holds; false if it
     /// could not (it keeps the views and tries again).
     async fn flush_views(&self) -> bool {
