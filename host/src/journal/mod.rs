@@ -471,6 +471,13 @@ impl Journal {
     /// Writes read-model rows, each unless the row holds a later seq
     /// already. In pool order, so that two writers (the old and the new
     /// owner of a shard, for a moment) never wait on each other in a cycle.
+    ///
+    /// The commit does not wait for its flush to disk. A row is derived from
+    /// events that were flushed before it was made, and the log is replayed
+    /// in order, so a crash of PostgreSQL can only lose rows whose events it
+    /// keeps: those rows are then behind their history, where
+    /// [`Journal::stale_views`] finds them. Waiting would cost a second
+    /// flush beside each append's.
     pub async fn save_views(&self, views: &[PoolViewRow]) -> Result<()> {
         let mut sorted: Vec<&PoolViewRow> = views.iter().collect();
         sorted.sort_unstable_by(|a, b| a.pool.as_str().cmp(b.pool.as_str()));
@@ -478,6 +485,10 @@ impl Journal {
         let types: Vec<&str> = sorted.iter().map(|v| &*v.capacity_type).collect();
         let seqs: Vec<i64> = sorted.iter().map(|v| v.seq_nr.0).collect();
         let bodies: Vec<&str> = sorted.iter().map(|v| v.view.get()).collect();
+        let mut tx = self.db.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
@@ -489,8 +500,9 @@ impl Journal {
         .bind(&types)
         .bind(&seqs)
         .bind(&bodies)
-        .execute(&self.db)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
