@@ -6,6 +6,7 @@
 //! way a logger is reached.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,9 +74,9 @@ pub struct Metrics {
     pub view_rows_pending: Gauge,
     /// Time of plugin calls.
     pub plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
-    /// Entities live on this node.
+    /// Entities live on the nodes of this process.
     pub active_pools: Gauge,
-    /// Pools in the read model.
+    /// Pools in the read models of the nodes of this process.
     pub read_model_pools: Gauge,
     /// Time from a view's commit to its arrival in this node's read model.
     pub read_model_lag: Histogram,
@@ -99,6 +100,39 @@ fn latency() -> Histogram {
 /// Counts from 1 to 4096.
 fn sizes() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// One holder's part of a gauge that all holders in the process add up to:
+/// the nodes of `allot dev --nodes N` share one registry, so a count that
+/// each of them keeps (its live entities, its read model, its unwritten
+/// views) must move the gauge by its own change, not set it. The part is
+/// taken back when the holder is dropped.
+pub struct GaugePart {
+    gauge: &'static Gauge,
+    shown: AtomicI64,
+}
+
+impl GaugePart {
+    /// A part of `gauge`, at zero.
+    pub fn of(gauge: &'static Gauge) -> Self {
+        Self {
+            gauge,
+            shown: AtomicI64::new(0),
+        }
+    }
+
+    /// Makes this holder's part `count`.
+    pub fn show(&self, count: usize) {
+        let count = count as i64;
+        let before = self.shown.swap(count, Ordering::Relaxed);
+        self.gauge.inc_by(count - before);
+    }
+}
+
+impl Drop for GaugePart {
+    fn drop(&mut self) {
+        self.show(0);
+    }
 }
 
 /// The process's metrics.
@@ -241,5 +275,26 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_of_a_gauge_add_up_and_are_taken_back_when_dropped() {
+        let gauge: &'static Gauge = Box::leak(Box::default());
+        let first = GaugePart::of(gauge);
+        let second = GaugePart::of(gauge);
+        first.show(3);
+        second.show(5);
+        assert_eq!(gauge.get(), 8);
+        first.show(1);
+        assert_eq!(gauge.get(), 6);
+        drop(second);
+        assert_eq!(gauge.get(), 1);
+        first.show(0);
+        assert_eq!(gauge.get(), 0);
     }
 }

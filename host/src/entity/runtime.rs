@@ -16,7 +16,7 @@ use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{self, Committer, Fence, Journal, PoolViewRow, ViewWriter};
-use crate::metrics::metrics;
+use crate::metrics::{GaugePart, metrics};
 use crate::sandbox::{Plugin, PoolInstance, View};
 
 /// How entities behave.
@@ -73,6 +73,8 @@ pub(super) struct Inner {
     /// an entity that finds its mailbox empty under the lock can passivate
     /// knowing nothing more will arrive.
     entities: Mutex<HashMap<PoolId, Handle>>,
+    /// This node's part of `allot_entities_active`.
+    entities_shown: GaugePart,
     generations: AtomicU64,
     shutting_down: AtomicBool,
     /// Where entities send the views they have just appended.
@@ -108,6 +110,7 @@ impl Runtime {
                 plugins: RwLock::default(),
                 shadows: RwLock::default(),
                 entities: Mutex::default(),
+                entities_shown: GaugePart::of(&metrics().active_pools),
                 generations: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 view_sink: std::sync::OnceLock::new(),
@@ -145,7 +148,7 @@ impl Runtime {
                 .filter_map(|pool| entities.remove(pool))
                 .map(|handle| handle.task)
                 .collect();
-            metrics().active_pools.set(entities.len() as i64);
+            self.inner.entities_shown.show(entities.len());
             tasks
         };
         for task in tasks {
@@ -375,7 +378,9 @@ impl Runtime {
             let mut entities = self.inner.entities.lock().expect("entity table");
             self.inner.shutting_down.store(true, Ordering::SeqCst);
             // Dropping every mailbox first lets all entities passivate at once.
-            entities.drain().map(|(_, handle)| handle.task).collect()
+            let tasks = entities.drain().map(|(_, handle)| handle.task).collect();
+            self.inner.entities_shown.show(0);
+            tasks
         };
         for task in tasks {
             let _ = task.await;
@@ -404,7 +409,7 @@ impl Runtime {
                     }
                 };
                 entities.insert(pool.clone(), self.spawn(pool.clone(), fence));
-                metrics().active_pools.set(entities.len() as i64);
+                self.inner.entities_shown.show(entities.len());
             }
             let handle = entities.get(pool).expect("just inserted");
             match handle.mailbox.try_send(envelope) {
@@ -496,7 +501,7 @@ impl Inner {
         match entities.get(pool) {
             Some(handle) if handle.generation == generation && inbox.is_empty() => {
                 entities.remove(pool);
-                metrics().active_pools.set(entities.len() as i64);
+                self.entities_shown.show(entities.len());
                 true
             }
             Some(handle) if handle.generation == generation => false,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Error, Journal, PoolViewRow, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::metrics::metrics;
+use crate::metrics::{GaugePart, metrics};
 
 /// How long the writer gathers views after each write: the read model of
 /// other nodes lags by this much more, and PostgreSQL sees at most this
@@ -95,7 +95,7 @@ impl ViewWriter {
 async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>, refused: Refused) {
     let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
     let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
-    let mut pending = Pending::default();
+    let pending = GaugePart::of(&metrics().view_rows_pending);
     let mut open = true;
     loop {
         if held.is_empty() && flushes.is_empty() {
@@ -220,27 +220,6 @@ fn forget_refused(refused: &Mutex<RefusedViews>, written: &[PoolViewRow]) {
 
 fn body_hash(row: &PoolViewRow) -> u64 {
     crate::ids::fnv1a(row.view.get().as_bytes())
-}
-
-/// This writer's part of `allot_view_rows_pending`: several writers in one
-/// process (several nodes of `allot dev`) add theirs up.
-#[derive(Default)]
-struct Pending {
-    shown: i64,
-}
-
-impl Pending {
-    fn show(&mut self, rows: usize) {
-        let rows = rows as i64;
-        metrics().view_rows_pending.inc_by(rows - self.shown);
-        self.shown = rows;
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.show(0);
-    }
 }
 
 /// One statement, recorded in the metrics.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::ids::{PoolId, SeqNr};
-use crate::metrics::metrics;
+use crate::metrics::{GaugePart, metrics};
 use crate::sandbox::{Cell, View};
 
 /// The notification channel the `pool_views` trigger sends on.
@@ -136,6 +136,8 @@ pub struct ReadModel {
 
 struct Shared {
     pools: RwLock<BTreeMap<PoolId, Arc<PoolView>>>,
+    /// This read model's part of `allot_read_model_pools`.
+    shown: GaugePart,
     status: Mutex<Status>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -179,6 +181,7 @@ impl ReadModel {
         listener.listen(CHANNEL).await?;
         let shared = Arc::new(Shared {
             pools: RwLock::default(),
+            shown: GaugePart::of(&metrics().read_model_pools),
             status: Mutex::new(Status {
                 listening: true,
                 last_lag: Duration::ZERO,
@@ -220,7 +223,7 @@ impl ReadModel {
             }
             pools.len()
         };
-        metrics().read_model_pools.set(held as i64);
+        self.shared.shown.show(held);
     }
 
     /// One pool's view.
@@ -505,7 +508,7 @@ async fn fetch(db: &PgPool, shared: &Shared, ids: &[String], notified: bool) -> 
         }
         pools.len()
     };
-    metrics().read_model_pools.set(held as i64);
+    shared.shown.show(held);
     if notified && let Some(lag) = newest_lag {
         shared.status.lock().expect("status").last_lag = Duration::from_secs_f64(lag);
     }
