@@ -100,3 +100,21 @@ token = "scenario-planner-token"
     assert!(status.success(), "allot serve exited with {status}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `ALLOT_DATABASE_URL=` (set, but empty) means no URL, as a shell means it:
+/// the node names what is missing instead of failing to parse "".
+#[test]
+fn an_empty_database_url_in_the_environment_counts_as_unset() {
+    let output = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .arg("serve")
+        .env("ALLOT_DATABASE_URL", "")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("allot serve runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started without a database");
+    assert!(
+        stderr.contains("no database: set `database_url`"),
+        "unexpected error:\n{stderr}"
+    );
+}

@@ -100,7 +100,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     connections: u32,
     /// PostgreSQL to create the targets' databases on (a URL with rights to
-    /// create databases); without it, an embedded PostgreSQL is started.
+    /// create databases); without it (or empty), an embedded PostgreSQL is
+    /// started.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
     /// Measure an Allot that is already running here instead of starting
@@ -266,9 +267,10 @@ impl Bench {
             TargetName::Baseline => args.baseline_url.is_none(),
         });
         let mut postgres = None;
-        let admin = match (&args.database_url, needs_server) {
+        let given = args.database_url.as_deref().filter(|url| !url.is_empty());
+        let admin = match (given, needs_server) {
             (_, false) => None,
-            (Some(url), true) => Some(url.clone()),
+            (Some(url), true) => Some(url.to_owned()),
             (None, true) => {
                 let pg_dir = dev::scratch_postgres_dir("bench");
                 let server =

@@ -269,7 +269,10 @@ impl Config {
                 reason: format!("`{listen}` is not an address such as 127.0.0.1:8080"),
             })?;
         }
-        if let Ok(url) = std::env::var("ALLOT_DATABASE_URL") {
+        // Empty counts as unset, as a shell's `ALLOT_DATABASE_URL=` means.
+        if let Ok(url) = std::env::var("ALLOT_DATABASE_URL")
+            && !url.is_empty()
+        {
             self.database_url = Some(url);
         }
         if let Ok(tokens) = std::env::var("ALLOT_TOKENS") {

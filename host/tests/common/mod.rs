@@ -80,8 +80,8 @@ pub async fn database() -> String {
     static SERVER: OnceLock<Option<allot_host::pg::EmbeddedPostgres>> = OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
             let server = SERVER.get_or_init(|| {
                 let binary = std::env::current_exe().unwrap();
                 let name = binary.file_stem().unwrap().to_string_lossy().into_owned();
