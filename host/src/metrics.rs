@@ -82,7 +82,7 @@ pub struct Metrics {
     pub read_model_lag: Histogram,
     /// Decisions of shadowing versions, by whether they agreed.
     pub shadow_decisions: Family<ShadowLabels, Counter>,
-    /// Shard leases this node holds.
+    /// Shard leases the nodes of this process hold.
     pub cluster_shards_held: Gauge,
     /// Nodes with a fresh heartbeat, as this node last saw.
     pub cluster_nodes_live: Gauge,

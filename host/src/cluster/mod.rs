@@ -33,7 +33,7 @@ use utoipa::ToSchema;
 
 use crate::entity::Runtime;
 use crate::ids::PoolId;
-use crate::metrics::metrics;
+use crate::metrics::{GaugePart, metrics};
 
 pub use placement::shards_of;
 pub use wire::{
@@ -137,6 +137,8 @@ struct Inner {
     runtime: Runtime,
     client: reqwest::Client,
     state: Mutex<State>,
+    /// This node's part of `allot_cluster_shards_held`.
+    shards_shown: GaugePart,
     /// Ticks and the leave take turns.
     turn: tokio::sync::Mutex<()>,
     wake: Notify,
@@ -208,6 +210,7 @@ impl Cluster {
                 .build()
                 .expect("an HTTP client with default TLS-less settings builds"),
             state: Mutex::default(),
+            shards_shown: GaugePart::of(&metrics().cluster_shards_held),
             turn: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             tasks: Mutex::default(),
@@ -723,7 +726,7 @@ impl Inner {
             .into_iter()
             .map(|(node, url)| Owner { node, url })
             .collect();
-        metrics().cluster_shards_held.set(state.held.len() as i64);
+        self.shards_shown.show(state.held.len());
         metrics().cluster_nodes_live.set(state.nodes.len() as i64);
         Ok(())
     }
@@ -776,9 +779,8 @@ impl Inner {
             // They expire by themselves; the next owner waits that long.
             Err(error) => tracing::warn!("cannot release leases: {error}"),
         }
-        metrics()
-            .cluster_shards_held
-            .set(self.state.lock().expect("cluster state").held.len() as i64);
+        self.shards_shown
+            .show(self.state.lock().expect("cluster state").held.len());
     }
 }
 
