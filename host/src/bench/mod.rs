@@ -8,6 +8,7 @@
 //! the latency objective. At the end each target's database is checked:
 //! no pool over capacity, every acknowledged reservation recorded once.
 
+mod check;
 mod disk;
 mod load;
 mod targets;

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use futures::TryStreamExt as _;
 use reqwest::{Client, StatusCode};
 use serde_json::json;
-use sqlx::{ConnectOptions as _, Connection};
+use sqlx::{ConnectOptions as _, Connection, Row as _};
 use tokio::process::{Child, Command};
 
+use super::check::{Tally, Verified};
 use super::load::{Caller, Ledger};
 
 /// The design a target runs.
@@ -288,96 +290,98 @@ impl Target {
     /// capacity, that its count matches its reservations, that no
     /// reservation id was recorded twice, and that every reservation a
     /// client was told was accepted is recorded.
+    ///
+    /// It reads every record once, in one pass over the table in its order
+    /// on disk, and adds them up here: the database neither sorts the
+    /// records nor looks them up pool by pool, so the check takes about as
+    /// long as reading the table, however long the run was.
     pub async fn verify(&self) -> anyhow::Result<Verified> {
         let Some(url) = &self.database_url else {
             bail!("no database URL to check {} against", self.design.name());
         };
-        // The check reads every event once; it is slow by nature, and says so.
         let options = url
             .parse::<sqlx::postgres::PgConnectOptions>()?
             .disable_statement_logging();
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-        // Per pool: capacity, units held by live reservations, the count
-        // kept beside them (the baseline's counter; Allot's is the sum),
-        // reservations recorded, and distinct reservation ids among them.
-        let query = match self.design {
+        let mut tally = Tally::new(self.pools.len());
+        // Each pool's capacity, and the count kept beside its records (the
+        // baseline's counter; Allot keeps none).
+        let pools = match self.design {
             Design::Allot => {
-                "SELECT p.pool_id, (p.config->>'units')::bigint,
-                        coalesce(sum(CASE e.payload->>'type'
-                            WHEN 'reserved' THEN (e.payload->>'units')::bigint
-                            WHEN 'released' THEN -(e.payload->>'units')::bigint END), 0)::bigint,
-                        coalesce(sum(CASE e.payload->>'type'
-                            WHEN 'reserved' THEN (e.payload->>'units')::bigint
-                            WHEN 'released' THEN -(e.payload->>'units')::bigint END), 0)::bigint,
-                        count(*) FILTER (WHERE e.payload->>'type' = 'reserved'),
-                        count(DISTINCT e.payload->>'reservation_id')
-                            FILTER (WHERE e.payload->>'type' = 'reserved')
-                   FROM pools p LEFT JOIN events e USING (pool_id)
-                  WHERE p.capacity_type = 'quota'
-                  GROUP BY p.pool_id, p.config"
+                "SELECT pool_id, (config->>'units')::bigint, NULL::bigint
+                   FROM pools WHERE capacity_type = 'quota'"
+            }
+            Design::Baseline => "SELECT pool_id, capacity, used FROM baseline.pools",
+        };
+        let pools: Vec<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as(pools).fetch_all(&mut conn).await?;
+        for (pool, capacity, counted) in pools {
+            if let Some(&index) = self.index.get(&pool) {
+                match capacity {
+                    Some(capacity) => tally.pool(index, capacity, counted),
+                    None => tally.malformed(format!("{pool}: no capacity in its config")),
+                }
+            }
+        }
+        // Every reservation (the units it holds, its id) and every release.
+        let records = match self.design {
+            Design::Allot => {
+                "SELECT pool_id, (payload->>'units')::bigint, payload->>'reservation_id',
+                        payload->>'type' = 'released'
+                   FROM events WHERE payload->>'type' IN ('reserved', 'released')"
             }
             Design::Baseline => {
-                "SELECT p.pool_id, p.capacity, p.used,
-                        coalesce(sum(r.units) FILTER (WHERE NOT r.released), 0)::bigint,
-                        count(r.reservation_id), count(DISTINCT r.reservation_id)
-                   FROM baseline.pools p LEFT JOIN baseline.reservations r USING (pool_id)
-                  GROUP BY p.pool_id"
+                "SELECT pool_id, units, reservation_id, released FROM baseline.reservations"
             }
         };
-        let rows: Vec<(String, i64, i64, i64, i64, i64)> =
-            sqlx::query_as(query).fetch_all(&mut conn).await?;
-        let mut verified = Verified::default();
-        for (pool, capacity, counted, held, recorded, distinct) in rows {
-            let Some(&index) = self.index.get(&pool) else {
+        let mut rows = sqlx::query(records).fetch(&mut conn);
+        while let Some(row) = rows.try_next().await? {
+            let pool: &str = row.try_get(0)?;
+            let Some(&index) = self.index.get(pool) else {
                 continue;
             };
-            verified.pools += 1;
-            verified.reservations += recorded as u64;
-            let acknowledged = self.caller.ledger.accepted(index);
-            if counted > capacity || held > capacity {
-                verified.failures.push(format!(
-                    "{pool}: {held} units reserved, capacity {capacity}: overbooked"
+            let units: Option<i64> = row.try_get(1)?;
+            let reservation: Option<&str> = row.try_get(2)?;
+            let released: bool = row.try_get(3)?;
+            let (Some(units), Some(reservation)) = (units, reservation) else {
+                tally.malformed(format!(
+                    "{pool}: a record without its units or reservation id"
                 ));
+                continue;
+            };
+            match (self.design, released) {
+                (Design::Allot, true) => tally.released(index, units),
+                (Design::Allot, false) => tally.reserved(index, reservation, units),
+                // The baseline keeps one row per reservation, marked when
+                // it is released.
+                (Design::Baseline, released) => {
+                    tally.reserved(index, reservation, units);
+                    if released {
+                        tally.released(index, units);
+                    }
+                }
             }
-            if counted != held {
-                verified.failures.push(format!(
-                    "{pool}: the count says {counted} units, the reservations hold {held}"
-                ));
-            }
-            if distinct != recorded {
-                verified.failures.push(format!(
-                    "{pool}: {recorded} reservations recorded under {distinct} ids"
-                ));
-            }
-            if (recorded as u64) < acknowledged {
-                verified.failures.push(format!(
-                    "{pool}: {acknowledged} reservations acknowledged, {recorded} recorded: lost"
-                ));
-            }
-            // Recorded but never acknowledged: the answer was lost (the
-            // client gave up); a retry under the same id would get it.
-            verified.unacknowledged += (recorded as u64).saturating_sub(acknowledged);
         }
-        if verified.pools < self.pools.len() {
-            verified.failures.push(format!(
-                "{} pools were made, {} found",
-                self.pools.len(),
-                verified.pools
-            ));
+        drop(rows);
+        // Where a fingerprint came twice, the pool's ids are counted exactly.
+        let repeated = match self.design {
+            Design::Allot => {
+                "SELECT count(*) - count(DISTINCT payload->>'reservation_id') FROM events
+                  WHERE pool_id = $1 AND payload->>'type' = 'reserved'"
+            }
+            Design::Baseline => {
+                "SELECT count(*) - count(DISTINCT reservation_id) FROM baseline.reservations
+                  WHERE pool_id = $1"
+            }
+        };
+        for index in tally.suspects().to_vec() {
+            let (count,): (i64,) = sqlx::query_as(repeated)
+                .bind(self.pool(index))
+                .fetch_one(&mut conn)
+                .await?;
+            tally.repeated(index, count as u64);
         }
-        Ok(verified)
+        let ledger = &self.caller.ledger;
+        Ok(tally.finish(|index| self.pool(index), |index| ledger.accepted(index)))
     }
-}
-
-/// What the final check found.
-#[derive(Debug, Default)]
-pub struct Verified {
-    /// Pools checked.
-    pub pools: usize,
-    /// Reservations recorded in them.
-    pub reservations: u64,
-    /// Recorded, though the client never heard it was accepted.
-    pub unacknowledged: u64,
-    /// What is wrong; empty when all is well.
-    pub failures: Vec<String>,
 }
