@@ -79,6 +79,27 @@ fn bad_benchmark_arguments_are_refused_before_anything_starts() {
         ),
         (&["--duration", "soon"][..], "is not a duration"),
         (&["--scenarios", "everything"][..], "invalid value"),
+        (
+            &["--postgres-setting", "shared_buffers"][..],
+            "is not NAME=VALUE",
+        ),
+        (
+            &["--postgres-setting", "shared buffers=1GB"][..],
+            "is not the name of a PostgreSQL setting",
+        ),
+        (
+            &["--postgres-setting", "synchronous_commit=off"][..],
+            "the benchmark measures durable commits",
+        ),
+        (
+            &[
+                "--database-url",
+                "postgres://127.0.0.1:1/none",
+                "--postgres-setting",
+                "shared_buffers=1GB",
+            ][..],
+            "is for the embedded PostgreSQL",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_allot"))
             .arg("bench")

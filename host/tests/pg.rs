@@ -73,3 +73,36 @@ fn missing_binaries_are_named() {
         "{error}"
     );
 }
+
+/// Settings given at a start apply to that start only; one the server refuses
+/// is reported with what its log says.
+#[tokio::test]
+async fn settings_apply_to_their_start_only_and_a_refused_one_is_reported() {
+    let dir = folder("settings");
+    let _ = std::fs::remove_dir_all(&dir);
+    let work_mem = |pg: &EmbeddedPostgres| {
+        let url = pg.url("postgres");
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, String>("SHOW work_mem")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let set = [("work_mem".to_owned(), "12MB".to_owned())];
+    let pg = EmbeddedPostgres::start_with_settings(&dir, &set).expect("start with a setting");
+    assert_eq!(work_mem(&pg).await, "12MB");
+    drop(pg);
+
+    let pg = EmbeddedPostgres::start(&dir).expect("start without");
+    assert_eq!(work_mem(&pg).await, "4MB", "the setting outlived its start");
+    drop(pg);
+
+    let refused = [("work_mem".to_owned(), "plenty".to_owned())];
+    let error = EmbeddedPostgres::start_with_settings(&dir, &refused)
+        .err()
+        .expect("an invalid value is refused");
+    assert!(matches!(error, Error::Start(_)), "{error}");
+    assert!(error.to_string().contains("work_mem"), "{error}");
+}

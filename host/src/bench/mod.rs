@@ -105,6 +105,12 @@ pub struct BenchArgs {
     /// started.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// A server setting of the embedded PostgreSQL, on top of its defaults
+    /// (repeatable): to measure both designs on a server tuned as in
+    /// production, such as `--postgres-setting shared_buffers=2GB`. The
+    /// settings that make commits durable cannot be changed.
+    #[arg(long = "postgres-setting", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    postgres_settings: Vec<(String, String)>,
     /// Measure an Allot that is already running here instead of starting
     /// one; for a cluster, every node's URL, comma-separated: requests go to
     /// them in turn.
@@ -199,6 +205,35 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Settings that would let a commit be acknowledged before it is on disk,
+/// or leave a crash able to corrupt pages: every figure of the benchmark is
+/// of durable commits.
+const DURABILITY_SETTINGS: [&str; 3] = ["fsync", "synchronous_commit", "full_page_writes"];
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE, such as shared_buffers=2GB"))?;
+    let (name, value) = (name.trim(), value.trim());
+    let mut chars = name.chars();
+    let named = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !named {
+        return Err(format!("`{name}` is not the name of a PostgreSQL setting"));
+    }
+    if value.is_empty() {
+        return Err(format!("`{name}` needs a value"));
+    }
+    if DURABILITY_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "`{name}` cannot be changed: the benchmark measures durable commits"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
 /// Capacity of the pools whose load is measured: never reached.
 const AMPLE: u64 = 1_000_000_000_000;
 
@@ -269,13 +304,27 @@ impl Bench {
         });
         let mut postgres = None;
         let given = args.database_url.as_deref().filter(|url| !url.is_empty());
+        if !args.postgres_settings.is_empty() && (given.is_some() || !needs_server) {
+            bail!(
+                "--postgres-setting is for the embedded PostgreSQL; \
+                 set it on the server of the database URL instead"
+            );
+        }
         let admin = match (given, needs_server) {
             (_, false) => None,
             (Some(url), true) => Some(url.to_owned()),
             (None, true) => {
                 let pg_dir = dev::scratch_postgres_dir("bench");
-                let server =
-                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_dir)).await??;
+                let settings = args.postgres_settings.clone();
+                if !settings.is_empty() {
+                    let listed: Vec<String> =
+                        settings.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                    println!("PostgreSQL settings: {}", listed.join(", "));
+                }
+                let server = tokio::task::spawn_blocking(move || {
+                    EmbeddedPostgres::start_with_settings(&pg_dir, &settings)
+                })
+                .await??;
                 let url = server.url("postgres");
                 postgres = Some(server);
                 Some(url)

@@ -71,8 +71,18 @@ impl EmbeddedPostgres {
         Self::start_with(dir, &find_binaries()?)
     }
 
+    /// Starts PostgreSQL as [`start`](Self::start) does, with server
+    /// settings (name, value) on top of its own for this start only.
+    pub fn start_with_settings(dir: &Path, settings: &[(String, String)]) -> Result<Self> {
+        Self::launch(dir, &find_binaries()?, settings)
+    }
+
     /// Starts PostgreSQL from the binaries in `bin_dir`.
     pub fn start_with(dir: &Path, bin_dir: &Path) -> Result<Self> {
+        Self::launch(dir, bin_dir, &[])
+    }
+
+    fn launch(dir: &Path, bin_dir: &Path, settings: &[(String, String)]) -> Result<Self> {
         for tool in ["postgres", "initdb"] {
             if !bin_dir.join(tool).is_file() {
                 return Err(Error::MissingTool(bin_dir.to_owned(), tool));
@@ -136,7 +146,11 @@ wait "$pid""#;
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", sockets.display()))
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=200"]);
+        for (name, value) in settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
