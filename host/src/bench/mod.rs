@@ -853,13 +853,15 @@ impl Bench {
                 println!("{name}: not checked (give its database URL to check it)");
                 continue;
             }
+            let started = std::time::Instant::now();
             let verified = target.verify().await?;
             if verified.failures.is_empty() {
                 println!(
-                    "{name}: checked {} pools and {} reservations: none over capacity, \
+                    "{name}: checked {} pools and {} reservations in {:.1} s: none over capacity, \
                      every acknowledged reservation recorded once{}",
                     verified.pools,
                     verified.reservations,
+                    started.elapsed().as_secs_f64(),
                     if verified.unacknowledged > 0 {
                         format!(
                             " ({} recorded whose answer the client did not get)",
