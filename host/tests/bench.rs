@@ -92,6 +92,10 @@ fn bad_benchmark_arguments_are_refused_before_anything_starts() {
             "the benchmark measures durable commits",
         ),
         (
+            &["--postgres-setting", "port=5432"][..],
+            "the benchmark sets it to reach its PostgreSQL",
+        ),
+        (
             &[
                 "--database-url",
                 "postgres://127.0.0.1:1/none",

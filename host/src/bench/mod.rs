@@ -210,6 +210,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// of durable commits.
 const DURABILITY_SETTINGS: [&str; 3] = ["fsync", "synchronous_commit", "full_page_writes"];
 
+/// Settings through which the benchmark reaches its PostgreSQL.
+const LAUNCHER_SETTINGS: [&str; 4] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "data_directory",
+];
+
 fn parse_setting(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
@@ -226,9 +234,15 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
     if value.is_empty() {
         return Err(format!("`{name}` needs a value"));
     }
-    if DURABILITY_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
+    let lower = name.to_ascii_lowercase();
+    if DURABILITY_SETTINGS.contains(&lower.as_str()) {
         return Err(format!(
             "`{name}` cannot be changed: the benchmark measures durable commits"
+        ));
+    }
+    if LAUNCHER_SETTINGS.contains(&lower.as_str()) {
+        return Err(format!(
+            "`{name}` cannot be changed: the benchmark sets it to reach its PostgreSQL"
         ));
     }
     Ok((name.to_owned(), value.to_owned()))
