@@ -30,9 +30,9 @@ struct Pool {
     counted: Option<i64>,
     held: i64,
     recorded: u64,
-    /// Reservation ids recorded more than once; counted exactly only for
-    /// the pools whose fingerprints repeated.
-    repeated: Option<u64>,
+    /// Reservations recorded under an id recorded before: the repeats of
+    /// fingerprints, until an exact count replaces them.
+    repeated: u64,
 }
 
 /// The records of one target, added up.
@@ -41,9 +41,6 @@ pub struct Tally {
     pools: Vec<Pool>,
     /// A fingerprint of (pool, reservation id) per recorded reservation.
     seen: HashSet<u64>,
-    /// Pools in which a fingerprint came twice: a repeated id, or (rarely)
-    /// two ids with one fingerprint. Their ids are counted exactly.
-    suspects: Vec<usize>,
     malformed: Vec<String>,
 }
 
@@ -53,7 +50,6 @@ impl Tally {
         Self {
             pools: (0..pools).map(|_| Pool::default()).collect(),
             seen: HashSet::new(),
-            suspects: Vec::new(),
             malformed: Vec::new(),
         }
     }
@@ -74,9 +70,8 @@ impl Tally {
         pool.recorded += 1;
         let mut hasher = DefaultHasher::new();
         (index, reservation).hash(&mut hasher);
-        if !self.seen.insert(hasher.finish()) && pool.repeated.is_none() {
-            pool.repeated = Some(0);
-            self.suspects.push(index);
+        if !self.seen.insert(hasher.finish()) {
+            pool.repeated += 1;
         }
     }
 
@@ -90,15 +85,19 @@ impl Tally {
         self.malformed.push(what);
     }
 
-    /// Pools whose reservation ids must be counted exactly.
-    pub fn suspects(&self) -> &[usize] {
-        &self.suspects
+    /// Pools in which a fingerprint came twice: a repeated id, or (rarely)
+    /// two ids with one fingerprint. Their ids must be counted exactly.
+    pub fn suspects(&self) -> Vec<usize> {
+        (self.pools.iter().enumerate())
+            .filter(|(_, pool)| pool.repeated > 0)
+            .map(|(index, _)| index)
+            .collect()
     }
 
     /// The exact number of reservations of a suspect pool recorded under an
     /// id recorded before.
     pub fn repeated(&mut self, index: usize, repeated: u64) {
-        self.pools[index].repeated = Some(repeated);
+        self.pools[index].repeated = repeated;
     }
 
     /// What it all adds up to, against what the clients were told: `name`
@@ -133,11 +132,11 @@ impl Tally {
                     pool.held
                 ));
             }
-            if let Some(repeated) = pool.repeated.filter(|&n| n > 0) {
+            if pool.repeated > 0 {
                 verified.failures.push(format!(
                     "{id}: {} reservations recorded under {} ids",
                     pool.recorded,
-                    pool.recorded - repeated
+                    pool.recorded - pool.repeated
                 ));
             }
             let acknowledged = accepted(index);

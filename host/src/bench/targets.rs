@@ -374,7 +374,7 @@ impl Target {
                   WHERE pool_id = $1"
             }
         };
-        for index in tally.suspects().to_vec() {
+        for index in tally.suspects() {
             let (count,): (i64,) = sqlx::query_as(repeated)
                 .bind(self.pool(index))
                 .fetch_one(&mut conn)
