@@ -55,6 +55,22 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
     ] {
         assert!(stdout.contains(row), "no `{row}` comparison:\n{stdout}");
     }
+    // What each design wrote: every load that reserves writes some WAL.
+    for load in ["spread", "hot", "mixed"] {
+        let row = format!("{load} WAL per request");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no `{row}` comparison:\n{stdout}"));
+        let figures: Vec<u64> = line[row.len()..]
+            .split(" B")
+            .filter_map(|f| f.trim().replace(',', "").parse().ok())
+            .collect();
+        assert!(
+            figures.len() == 2 && figures.iter().all(|&bytes| bytes > 0),
+            "{line}"
+        );
+    }
     let flushes: u64 = stdout
         .split_once("disk, during the runs: ")
         .and_then(|(_, rest)| rest.split_once(" flushes"))

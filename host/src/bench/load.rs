@@ -127,6 +127,8 @@ pub struct Report {
     pub target_cpu: Option<f64>,
     /// The disk probe's flushes during the run.
     pub disk: Option<super::disk::DiskFigures>,
+    /// Bytes of write-ahead log the target's PostgreSQL wrote during the run.
+    pub wal_bytes: Option<u64>,
 }
 
 impl Report {
@@ -142,6 +144,7 @@ impl Report {
             generator_cpu: None,
             target_cpu: None,
             disk: None,
+            wal_bytes: None,
         }
     }
 
@@ -159,6 +162,12 @@ impl Report {
     /// Latency at a quantile, in ms.
     pub fn ms(&self, quantile: f64) -> f64 {
         self.latency.value_at_quantile(quantile) as f64 / 1e3
+    }
+
+    /// Write-ahead log per answered request, in bytes.
+    pub fn wal_per_request(&self) -> Option<f64> {
+        let answered = self.ok + self.rejected.values().sum::<u64>();
+        Some(self.wal_bytes? as f64 / answered.max(1) as f64)
     }
 
     /// The slowest latency, in ms.

@@ -302,7 +302,7 @@ struct Bench {
 struct Comparison {
     what: String,
     figures: Vec<f64>,
-    /// Rates: higher is better; latencies: lower is better.
+    /// Rates: higher is better; latencies and bytes written: lower is better.
     higher_is_better: bool,
     unit: &'static str,
 }
@@ -493,7 +493,7 @@ impl Bench {
 
     async fn run_scenarios(&mut self, args: &BenchArgs) -> anyhow::Result<bool> {
         println!(
-            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}  errors",
+            "{:<10} {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9}  errors",
             "scenario",
             "target",
             "offered/s",
@@ -505,7 +505,8 @@ impl Bench {
             "max ms",
             "rss MiB",
             "cpu t/g",
-            "fsync ms"
+            "fsync ms",
+            "WAL B/req"
         );
         let mut ok = true;
         for scenario in &args.scenarios {
@@ -526,11 +527,13 @@ impl Bench {
     /// Runs a load at one rate on every target and compares their p99.
     async fn fixed(&mut self, load: Load, rate: f64, args: &BenchArgs) -> anyhow::Result<()> {
         let mut p99 = Vec::new();
+        let mut wal = Vec::new();
         for t in 0..self.targets.len() {
             let report = self
                 .measure(t, load, rate, args.duration, args.report_every)
                 .await?;
             p99.push(report.ms(0.99));
+            wal.push(report.wal_per_request());
         }
         self.comparisons.push(Comparison {
             what: format!("{} p99 at {}/s", load.name(), thousands(rate)),
@@ -538,6 +541,17 @@ impl Bench {
             higher_is_better: false,
             unit: "ms",
         });
+        // What each design writes for the same work; reads write nothing.
+        if load != Load::Grid
+            && let Some(wal) = wal.into_iter().collect::<Option<Vec<f64>>>()
+        {
+            self.comparisons.push(Comparison {
+                what: format!("{} WAL per request", load.name()),
+                figures: wal,
+                higher_is_better: false,
+                unit: "B",
+            });
+        }
         Ok(())
     }
 
@@ -566,6 +580,7 @@ impl Bench {
         let target = &self.targets[t];
         let name = target.design.name();
         let pid = target.server.as_ref().and_then(Server::pid);
+        let wal_before = target.wal_position().await;
         let cpu_before = pid.and_then(load::cpu_seconds);
         let disk = self.disk.as_ref();
         if let Some(probe) = disk {
@@ -594,6 +609,9 @@ impl Bench {
         }
         report.disk = flushes;
         report.target_cpu = pid.and_then(|pid| load::cores(cpu_before, pid, report.elapsed));
+        if let (Some(before), Some(after)) = (wal_before, target.wal_position().await) {
+            report.wal_bytes = Some(after.saturating_sub(before));
+        }
         print_row(
             load.name(),
             name,
@@ -816,6 +834,7 @@ impl Bench {
             for figure in &row.figures {
                 let shown = match row.unit {
                     "ms" => format!("{figure:.2} ms"),
+                    "B" => format!("{} B", thousands(*figure)),
                     _ => format!("{}/s", thousands(*figure)),
                 };
                 write!(line, " {shown:>12}").expect("writing to a string");
@@ -835,7 +854,7 @@ impl Bench {
         }
         if names.len() == 2 {
             println!(
-                "(edge: how many times {0}'s rate is higher, or its p99 lower, than {1}'s)",
+                "(edge: how many times {0}'s rate is higher, or its p99 or WAL lower, than {1}'s)",
                 names[0], names[1]
             );
         }
@@ -925,7 +944,7 @@ fn print_row(
             .join(", ")
     };
     println!(
-        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9} {:>10}  {}",
+        "{:<10} {:<9} {:>10} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9} {:>10} {:>9}  {}",
         scenario,
         target,
         thousands(report.offered),
@@ -946,6 +965,9 @@ fn print_row(
                 format!("{:.1}/{:.0}", flushes.ms(0.99), flushes.max_ms()),
             _ => "-".to_owned(),
         },
+        report
+            .wal_per_request()
+            .map_or("-".to_owned(), |bytes| format!("{bytes:.0}")),
         errors
     );
 }

@@ -263,6 +263,25 @@ impl Target {
         rss_mib(self.server.as_ref()?.pid()?)
     }
 
+    /// How far its PostgreSQL server's write-ahead log has come, in bytes;
+    /// none without a database URL or when the server does not answer. The
+    /// log is the server's, so what other databases on it write counts too.
+    pub async fn wal_position(&self) -> Option<u64> {
+        let options = self
+            .database_url
+            .as_ref()?
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .ok()?;
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.ok()?;
+        let position: i64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+                .fetch_one(&mut conn)
+                .await
+                .ok()?;
+        let _ = conn.close().await;
+        u64::try_from(position).ok()
+    }
+
     /// Has the target's database finish the upkeep that earlier runs left
     /// it (vacuum, a checkpoint), so that it does not land in the next
     /// measurement. Best effort: without the rights, the database is
