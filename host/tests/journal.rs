@@ -374,3 +374,90 @@ async fn the_view_writer_keeps_what_it_could_not_write_and_tries_again() {
     .unwrap();
     assert_eq!(rows, [("a".into(), 2), ("b".into(), 1)]);
 }
+
+/// Writing a pool's view again and again updates its row in place (HOT):
+/// no new index entries, no dead versions left for a vacuum.
+#[tokio::test]
+async fn view_rows_are_updated_in_place() {
+    let url = common::database().await;
+    // One connection: the statistics it keeps are flushed on request below.
+    let journal = Journal::connect(&url, 1).await.unwrap();
+    for seq in 1..=100 {
+        journal
+            .save_views(&[view_row("a", seq, &format!(r#"{{"n": {seq}}}"#))])
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(journal.db())
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (updates, in_place) = loop {
+        let (updates, in_place): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'pool_views'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if updates >= 99 || std::time::Instant::now() > deadline {
+            break (updates, in_place);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(updates, 99, "the first write inserts, the rest update");
+    // The ten-second window the poll finds a row by changes once at most.
+    assert!(in_place >= 98, "{in_place} of {updates} updates in place");
+}
+
+/// A change whose notification never came is found by the read model's
+/// poll, well before its full comparison.
+#[tokio::test]
+async fn the_read_model_polls_for_changes_it_was_not_told_of() {
+    use allot_host::view::{ReadModel, Settings};
+    let (journal, _, url) = journal_with_pool("p").await;
+    let settings = Settings {
+        poll_every: std::time::Duration::from_millis(200),
+        full_sync_every: std::time::Duration::from_secs(3600),
+    };
+    let model = ReadModel::start(journal.db().clone(), settings)
+        .await
+        .unwrap();
+    let pool = PoolId::new("a").unwrap();
+    let reaches = |seq: i64| {
+        let model = model.clone();
+        let pool = pool.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if model.get(&pool).is_some_and(|view| view.seq_nr.0 >= seq) {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    journal
+        .save_views(&[view_row("a", 1, r#"{"cells": [], "details": {"n": 1}}"#)])
+        .await
+        .unwrap();
+    assert!(reaches(1).await, "notified");
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("ALTER TABLE pool_views DISABLE TRIGGER pool_views_notify")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    journal
+        .save_views(&[view_row("a", 2, r#"{"cells": [], "details": {"n": 2}}"#)])
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE pool_views ENABLE TRIGGER pool_views_notify")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(reaches(2).await, "the poll found the change");
+    assert_eq!(model.get(&pool).unwrap().view.details.get(), r#"{"n": 2}"#);
+}

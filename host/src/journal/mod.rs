@@ -493,7 +493,8 @@ impl Journal {
             "INSERT INTO pool_views (pool_id, capacity_type, seq_nr, view)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
              ON CONFLICT (pool_id) DO UPDATE
-                SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now()
+                SET seq_nr = EXCLUDED.seq_nr, view = EXCLUDED.view, updated_at = now(),
+                    changed_window = EXCLUDED.changed_window
               WHERE pool_views.seq_nr <= EXCLUDED.seq_nr",
         )
         .bind(&pools)

@@ -4,8 +4,9 @@
 //! journal's view writer), and hand it to their own node's read model at
 //! once. A trigger notifies on commit; a listener task here forwards the
 //! pool ids and the refresher reads those rows. Notifications are lost while the
-//! listening connection is down, so a poll on `updated_at` runs as a
-//! backstop, and a full comparison runs now and then. A row replaces what is
+//! listening connection is down, so a poll of the rows changed lately (by
+//! their `changed_window`, ten seconds wide) runs as a backstop, and a full
+//! comparison runs now and then. A row replaces what is
 //! held only if its seq is newer, so the order rows arrive in does not matter.
 //!
 //! Queries take a read lock on the map for as long as it takes to clone a
@@ -431,12 +432,23 @@ async fn sync(
     since: Option<OffsetDateTime>,
 ) -> Result<OffsetDateTime> {
     let now: OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT pool_id, seq_nr FROM pool_views WHERE updated_at > COALESCE($1, '-infinity'::timestamptz)",
-    )
-    .bind(since)
-    .fetch_all(db)
-    .await?;
+    let rows: Vec<(String, i64)> = match since {
+        // Whole windows: from the one `since` falls in.
+        Some(since) => {
+            sqlx::query_as(
+                "SELECT pool_id, seq_nr FROM pool_views
+                  WHERE changed_window >= allot_view_window($1)",
+            )
+            .bind(since)
+            .fetch_all(db)
+            .await?
+        }
+        None => {
+            sqlx::query_as("SELECT pool_id, seq_nr FROM pool_views")
+                .fetch_all(db)
+                .await?
+        }
+    };
     let stale: Vec<String> = {
         let pools = shared.pools.read().expect("views");
         rows.into_iter()
