@@ -3,11 +3,11 @@
 //! Entities write a pool's view row just after its events (through the
 //! journal's view writer), and hand it to their own node's read model at
 //! once. A trigger notifies on commit; a listener task here forwards the
-//! pool ids and the refresher reads those rows. Notifications are lost while the
-//! listening connection is down, so a poll of the rows changed lately (by
-//! their `changed_window`, ten seconds wide) runs as a backstop, and a full
-//! comparison runs now and then. A row replaces what is
-//! held only if its seq is newer, so the order rows arrive in does not matter.
+//! pool ids and the refresher reads those rows. Notifications are lost
+//! while the listening connection is down, so a poll of the rows changed
+//! lately (by their `changed_window`, ten seconds wide) runs as a backstop,
+//! and a full comparison runs now and then. A row replaces what is held
+//! only if its seq is newer, so the order rows arrive in does not matter.
 //!
 //! Queries take a read lock on the map for as long as it takes to clone a
 //! few `Arc`s; no query ever touches an entity or the database.
