@@ -26,6 +26,8 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
             "200",
             "--churn",
             "20",
+            "--report-every",
+            "500ms",
         ])
         // Empty counts as unset: the benchmark starts its own PostgreSQL.
         .env("DATABASE_URL", "")
@@ -54,6 +56,17 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
         "mixed rate, p99",
     ] {
         assert!(stdout.contains(row), "no `{row}` comparison:\n{stdout}");
+    }
+    // Interval rows (`spread …`) have figures of their own, WAL among them.
+    let wal_column = |line: &str| line.split_whitespace().nth(13)?.parse::<u64>().ok();
+    for target in ["allot", "baseline"] {
+        assert!(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("spread …") && l.contains(target))
+                .any(|l| wal_column(l).is_some_and(|bytes| bytes > 0)),
+            "no interval row of {target} with the WAL it wrote:\n{stdout}"
+        );
     }
     // What each design wrote: every load that reserves writes some WAL.
     for load in ["spread", "hot", "mixed"] {

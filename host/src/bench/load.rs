@@ -209,7 +209,7 @@ pub async fn run(
     caller: &Caller,
     plan: Plan,
     threads: usize,
-    mut interval: impl FnMut(&Report),
+    mut interval: impl AsyncFnMut(&mut Report),
 ) -> anyhow::Result<Report> {
     let total = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
     let reports = Reports {
@@ -252,7 +252,7 @@ pub async fn run(
             let mut figures =
                 std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
             figures.elapsed = every;
-            interval(&figures);
+            interval(&mut figures).await;
         }
     }
     for pacer in &mut pacers {

@@ -478,8 +478,13 @@ impl Bench {
                 shot: self.shots(t, Load::Mixed, &[], 2),
                 report_every: None,
             };
-            let report =
-                load::run(&self.targets[t].caller, warm, self.client_threads, |_| {}).await?;
+            let report = load::run(
+                &self.targets[t].caller,
+                warm,
+                self.client_threads,
+                async |_| {},
+            )
+            .await?;
             if report.error_count() > 0 {
                 bail!(
                     "warming up {} failed: {:?}",
@@ -587,19 +592,30 @@ impl Bench {
             probe.take();
         }
         let mut flushes = disk.map(|_| DiskFigures::default());
-        let mut report = load::run(&target.caller, plan, self.client_threads, |interval| {
-            let recent = disk.map(DiskProbe::take);
-            if let (Some(run), Some(recent)) = (&mut flushes, &recent) {
-                run.add(recent);
-            }
-            print_row(
-                &format!("{} …", load.name()),
-                name,
-                interval,
-                target.rss_mib(),
-                recent.as_ref(),
-            );
-        })
+        let mut wal_mark = wal_before;
+        let mut report = load::run(
+            &target.caller,
+            plan,
+            self.client_threads,
+            async |interval| {
+                let recent = disk.map(DiskProbe::take);
+                if let (Some(run), Some(recent)) = (&mut flushes, &recent) {
+                    run.add(recent);
+                }
+                let wal_now = target.wal_position().await;
+                if let (Some(before), Some(after)) = (wal_mark, wal_now) {
+                    interval.wal_bytes = Some(after.saturating_sub(before));
+                }
+                wal_mark = wal_now;
+                print_row(
+                    &format!("{} …", load.name()),
+                    name,
+                    interval,
+                    target.rss_mib(),
+                    recent.as_ref(),
+                );
+            },
+        )
         .await?;
         if let (Some(run), Some(probe)) = (&mut flushes, disk) {
             run.add(&probe.take());
@@ -721,7 +737,7 @@ impl Bench {
                 }),
                 report_every: None,
             };
-            let report = load::run(&target.caller, plan, self.client_threads, |_| {}).await?;
+            let report = load::run(&target.caller, plan, self.client_threads, async |_| {}).await?;
             print_row(
                 "sellout",
                 target.design.name(),
