@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use allot_host::ids::{PoolId, SeqNr};
 use allot_host::journal::{
-    Append, CommandRecord, Error, Fence, Journal, NewEvent, PluginRef, PoolViewRow, ViewWriter,
+    Append, CommandRecord, Completion, Error, Fence, Journal, KeptOutcome, NewEvent, PluginRef,
+    PoolViewRow, ViewWriter,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -30,6 +31,7 @@ fn events(n: usize) -> Vec<NewEvent> {
             payload: raw(json!({ "n": i })),
             request_id: format!("req-{i}"),
             actor: "test (checkout)".into(),
+            completes: None,
         })
         .collect()
 }
@@ -225,59 +227,174 @@ async fn a_group_refuses_only_the_conflicting_batch() {
     assert_eq!(journal.last_seq(&third).await.unwrap(), SeqNr(3));
 }
 
-/// A writer that waited for another writer's lock sees where that writer left
-/// the history: a batch decided on the old end is refused, even one that
-/// only records a rejection.
+/// A writer that extends a history at the same moment as another is
+/// refused by the `(pool_id, seq_nr)` key once the other commits; in a
+/// group, only its batch is, and the others are written.
 #[tokio::test]
-async fn a_writer_that_waited_sees_the_new_end() {
-    let (journal, id, url) = journal_with_pool("waited").await;
-    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut tx = other.begin().await.unwrap();
-    sqlx::query("SELECT last_seq FROM pools WHERE pool_id = 'waited' FOR NO KEY UPDATE")
-        .execute(&mut *tx)
+async fn a_writer_racing_another_is_refused() {
+    let (journal, id, url) = journal_with_pool("racing").await;
+    let bystander = PoolId::new("racing-bystander").unwrap();
+    journal
+        .create_pool(&bystander, "test", &raw(json!({ "size": 1 })))
         .await
         .unwrap();
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
+         VALUES ('racing', 1, '{}', 'x', 'x', 'x', 'the other writer')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
 
+    let waiting = tokio::spawn({
+        let journal = journal.clone();
+        let batches = [append(&id, 0, events(2)), append(&bystander, 0, events(1))];
+        async move { journal.append_many(&batches).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the append should wait for the other writer's number"
+    );
+    tx.commit().await.unwrap();
+
+    let results = waiting.await.unwrap();
+    assert!(
+        matches!(results[0], Err(Error::Conflict { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1].as_ref().unwrap(), &SeqNr(1));
+    let stored = journal.events(&id, SeqNr(0), 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "only the other writer's event is recorded");
+}
+
+/// An outcome decided on a history that has moved on is not recorded, even
+/// a refusal that would change nothing.
+#[tokio::test]
+async fn a_refusal_decided_behind_the_history_is_not_recorded() {
+    let (journal, id, url) = journal_with_pool("behind-refusal").await;
+    journal.append(&append(&id, 0, events(1))).await.unwrap();
     let mut stale = append(&id, 0, Vec::new());
     stale.commands = vec![CommandRecord {
         key: "release:r1".into(),
         seq_nr: SeqNr(0),
         outcome: raw(json!({ "rejected": { "code": "unknown_reservation" } })),
     }];
-    let waiting = tokio::spawn({
-        let journal = journal.clone();
-        async move { journal.append(&stale).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the append should be waiting for the lock"
-    );
-
-    // The other writer extends the history, as an append would, and commits.
-    sqlx::query(
-        "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
-         VALUES ('waited', 1, '{}', 'x', 'x', 'x', 'x')",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE pools SET last_seq = 1 WHERE pool_id = 'waited'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    let result = waiting.await.unwrap();
-    assert!(matches!(result, Err(Error::Conflict { .. })), "{result:?}");
+    let error = journal.append(&stale).await.unwrap_err();
+    assert!(matches!(error, Error::Conflict { .. }), "{error}");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
-        .fetch_one(&mut other)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(
         recorded, 0,
-        "a rejection decided on a stale state was recorded"
+        "a refusal decided on a stale state was recorded"
     );
+}
+
+/// An accepted command's outcome is read back from its events, the last
+/// of which carries its key; outcomes without events are kept as recorded,
+/// and an acceptance is preferred to a later refusal of the same key.
+#[tokio::test]
+async fn accepted_outcomes_are_their_events() {
+    let (journal, id, url) = journal_with_pool("outcomes").await;
+    let mut batch = append(&id, 0, events(3));
+    batch.events[0].completes = Some(Completion {
+        key: "reserve:one".into(),
+        events: 1,
+    });
+    batch.events[2].completes = Some(Completion {
+        key: "reserve:two".into(),
+        events: 2,
+    });
+    batch.commands = vec![CommandRecord {
+        key: "reserve:refused".into(),
+        seq_nr: SeqNr(3),
+        outcome: raw(json!({ "rejected": { "code": "full" } })),
+    }];
+    journal.append(&batch).await.unwrap();
+    // A retry of `reserve:one` long after, refused this time.
+    let mut retry = append(&id, 3, Vec::new());
+    retry.commands = vec![CommandRecord {
+        key: "reserve:one".into(),
+        seq_nr: SeqNr(3),
+        outcome: raw(json!({ "rejected": { "code": "duplicate" } })),
+    }];
+    journal.append(&retry).await.unwrap();
+
+    let payloads = |events: &[Box<RawValue>]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| serde_json::from_str(e.get()).unwrap())
+            .collect()
+    };
+    let keys: Vec<String> = [
+        "reserve:one",
+        "reserve:two",
+        "reserve:refused",
+        "reserve:none",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut kept = journal.outcomes_of(&id, &keys).await.unwrap();
+    assert_eq!(kept.len(), 3);
+    match kept.remove("reserve:one").unwrap() {
+        KeptOutcome::Accepted { seq_nr, events } => {
+            assert_eq!(seq_nr, SeqNr(1));
+            assert_eq!(payloads(&events), [json!({ "n": 0 })]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match kept.remove("reserve:two").unwrap() {
+        KeptOutcome::Accepted { seq_nr, events } => {
+            assert_eq!(seq_nr, SeqNr(3));
+            assert_eq!(payloads(&events), [json!({ "n": 1 }), json!({ "n": 2 })]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match kept.remove("reserve:refused").unwrap() {
+        KeptOutcome::Recorded { seq_nr, outcome } => {
+            assert_eq!(seq_nr, SeqNr(3));
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(outcome.get()).unwrap(),
+                json!({ "rejected": { "code": "full" } })
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // What an entity remembers: the acceptances within the window, after
+    // the outcomes recorded as JSON, so that an acceptance wins.
+    let window = std::time::Duration::from_secs(60);
+    let remembered = journal.command_outcomes(&id, window).await.unwrap();
+    let accepted: Vec<&str> = remembered
+        .iter()
+        .filter(|(_, kept)| matches!(kept, KeptOutcome::Accepted { .. }))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    assert_eq!(accepted, ["reserve:one", "reserve:two"]);
+    assert_eq!(
+        remembered.last().map(|(key, _)| key.as_str()),
+        Some("reserve:two")
+    );
+    // Once the first event is older than the window, its command is not
+    // remembered; the second command's events are within it.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE events SET recorded_at = now() - interval '2 minutes' WHERE seq_nr = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let remembered = journal.command_outcomes(&id, window).await.unwrap();
+    let accepted: Vec<&str> = remembered
+        .iter()
+        .filter(|(_, kept)| matches!(kept, KeptOutcome::Accepted { .. }))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    assert_eq!(accepted, ["reserve:two"]);
 }
 
 /// The view writers' metrics are the process's: tests that read them run

@@ -13,6 +13,7 @@ use super::auth::ANYONE;
 use super::{ApiError, AppState, Body, Caller, Meta, Path, ProblemBody, client_id, pool_id};
 use crate::entity::{Outcome, Request};
 use crate::ids::{PoolId, SeqNr};
+use crate::journal::KeptOutcome;
 use crate::sandbox::{Command, Context, Json};
 
 /// A reservation to make.
@@ -250,7 +251,7 @@ pub async fn reservation(
     journal.pool(&pool).await?;
     let keys = ["reserve", "release", "confirm"].map(|verb| format!("{verb}:{id}"));
     let mut outcomes = journal.outcomes_of(&pool, &keys).await?;
-    let [reserve, release, confirm] = keys.map(|key| outcomes.remove(&key).map(|o| o.outcome));
+    let [reserve, release, confirm] = keys.map(|key| outcomes.remove(&key).map(shown));
     let reserve = reserve.ok_or_else(|| {
         ApiError::not_found(
             "unknown_reservation",
@@ -282,4 +283,15 @@ pub async fn reservation(
         release,
         confirm,
     }))
+}
+
+/// A kept outcome as commands answer it.
+fn shown(kept: KeptOutcome) -> Json {
+    match kept {
+        KeptOutcome::Accepted { seq_nr, events } => {
+            serde_json::value::to_raw_value(&Outcome::Accepted { seq_nr, events })
+                .expect("outcomes serialize")
+        }
+        KeptOutcome::Recorded { outcome, .. } => outcome,
+    }
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::shadow::Shadow;
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Append, CommandRecord, Fence, NewEvent, PluginRef};
+use crate::journal::{self, Append, CommandRecord, Completion, Fence, NewEvent, PluginRef};
 use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
 
@@ -256,15 +256,13 @@ impl Entity {
             .command_outcomes(id, runtime.settings.idempotency_window)
             .await?
             .into_iter()
-            .map(
-                |(key, outcome)| match serde_json::from_str::<Outcome>(outcome.get()) {
-                    Ok(outcome) => Ok((key, outcome)),
-                    Err(e) => Err(fail(
-                        id,
-                        format!("the stored outcome of `{key}` is unreadable: {e}"),
-                    )),
-                },
-            )
+            .map(|(key, kept)| match Outcome::from_kept(kept) {
+                Ok(outcome) => Ok((key, outcome)),
+                Err(e) => Err(fail(
+                    id,
+                    format!("the stored outcome of `{key}` is unreadable: {e}"),
+                )),
+            })
             .filter(|entry| entry.as_ref().map_or(true, |(_, o)| o.is_accepted()))
             .collect::<Result<_>>()?;
         let outcomes = Remembered::new(runtime.settings.idempotency_window, outcomes);
@@ -380,6 +378,7 @@ impl Entity {
                     payload: payload.clone(),
                     request_id: request.context.request_id.clone(),
                     actor: request.actor.clone(),
+                    completes: None,
                 }));
             }
             let outcome = Outcome::decided(self.seq.after(events.len()), decision);
@@ -389,14 +388,28 @@ impl Entity {
             answers.push((reply, outcome));
         }
 
-        let records: Vec<CommandRecord> = fresh
-            .iter()
-            .map(|(key, (seq_nr, outcome))| CommandRecord {
-                key: key.clone(),
-                seq_nr: *seq_nr,
-                outcome: serde_json::value::to_raw_value(outcome).expect("outcomes serialize"),
-            })
-            .collect();
+        // An accepted command's outcome is its events: the last of them
+        // carries its key. Only outcomes without events are records of
+        // their own.
+        let mut records: Vec<CommandRecord> = Vec::new();
+        for (key, (seq_nr, outcome)) in &fresh {
+            match outcome {
+                Outcome::Accepted {
+                    events: decided, ..
+                } if !decided.is_empty() => {
+                    let last = (seq_nr.0 - self.seq.0 - 1) as usize;
+                    events[last].completes = Some(Completion {
+                        key: key.clone(),
+                        events: decided.len() as u32,
+                    });
+                }
+                _ => records.push(CommandRecord {
+                    key: key.clone(),
+                    seq_nr: *seq_nr,
+                    outcome: serde_json::value::to_raw_value(outcome).expect("outcomes serialize"),
+                }),
+            }
+        }
         if !events.is_empty() || !records.is_empty() {
             // A batch of refusals changes no state: the view stays as it is,
             // and no node is told to fetch it again.

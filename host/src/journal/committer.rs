@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Append, Journal, Result};
+use super::{Append, HeldConnection, Journal, Result};
 use crate::ids::SeqNr;
 
 type Job = (Append, oneshot::Sender<Result<SeqNr>>);
@@ -46,6 +46,7 @@ impl Committer {
 }
 
 async fn write(journal: Journal, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, max_group: usize) {
+    let mut conn = HeldConnection::new(&journal);
     loop {
         let mut group = Vec::new();
         {
@@ -63,7 +64,13 @@ async fn write(journal: Journal, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, max_grou
         }
         let (batches, replies): (Vec<Append>, Vec<_>) = group.into_iter().unzip();
         let started = std::time::Instant::now();
-        let results = journal.append_many(&batches).await;
+        let results = match conn.get().await {
+            Ok(held) => journal.append_many_on(held, &batches).await,
+            Err(error) => batches.iter().map(|_| Err(error.duplicate())).collect(),
+        };
+        for result in &results {
+            conn.check(result);
+        }
         let metrics = crate::metrics::metrics();
         metrics
             .append_seconds

@@ -3,11 +3,17 @@
 //!
 //! Appends of many pools share a transaction ([`Journal::append_many`], fed by
 //! the [`Committer`]), so one commit serves them all. An append names the
-//! sequence number it continues from and takes the pool's row lock, so two
-//! writers can never both extend one history: the second gets
-//! [`Error::Conflict`], which is retryable. The `(pool_id, seq_nr)` key stays
-//! as the last line of defence. An append can also name a shard lease epoch
-//! ([`Fence`]); it then succeeds only while that epoch is current.
+//! sequence number it continues from and is refused unless the history ends
+//! there; the `(pool_id, seq_nr)` key refuses a second writer of the same
+//! numbers, so two writers can never both extend one history: the second
+//! gets [`Error::Conflict`], which is retryable. An append can also name a
+//! shard lease epoch ([`Fence`]); it then succeeds only while that epoch is
+//! current.
+//!
+//! An accepted command's outcome is its events: the last of them carries
+//! the command's idempotency key ([`NewEvent::completes`]). Only outcomes
+//! without events (refusals) are written as rows of their own
+//! ([`CommandRecord`]).
 //!
 //! Views, being derived from the events, are not part of an append: the
 //! [`ViewWriter`] writes them after it, in transactions of their own (see
@@ -17,8 +23,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
 
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Snapshot};
@@ -143,9 +150,25 @@ pub struct NewEvent {
     pub request_id: String,
     /// Who sent that request: the caller's name and role.
     pub actor: String,
+    /// Set on the last event of an accepted command that carried an
+    /// idempotency key: the command's outcome is this event and those
+    /// just before it.
+    pub completes: Option<Completion>,
 }
 
-/// The first outcome of a command with an idempotency key.
+/// The keyed command an event completes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The key: `reserve:<reservation id>` and the like.
+    pub key: String,
+    /// How many events the command decided: this one and those just
+    /// before it.
+    pub events: u32,
+}
+
+/// The outcome of a keyed command that decided no events: a refusal, or
+/// an acceptance that changed nothing. (An accepted command's events
+/// carry its outcome: see [`NewEvent::completes`].)
 #[derive(Clone, Debug)]
 pub struct CommandRecord {
     /// The key: `reserve:<reservation id>` and the like.
@@ -154,6 +177,28 @@ pub struct CommandRecord {
     pub seq_nr: SeqNr,
     /// The outcome, as JSON.
     pub outcome: Json,
+}
+
+/// The outcome of a keyed command, as the journal keeps it.
+#[derive(Clone, Debug)]
+pub enum KeptOutcome {
+    /// The command was accepted and decided these events, the last of
+    /// them at `seq_nr`.
+    Accepted {
+        /// The seq of its last event.
+        seq_nr: SeqNr,
+        /// Its events, in order.
+        events: Vec<Json>,
+    },
+    /// An outcome recorded as JSON: a refusal, an acceptance that decided
+    /// no events, or any outcome recorded before accepted commands were
+    /// kept with their events.
+    Recorded {
+        /// The pool's seq after the command.
+        seq_nr: SeqNr,
+        /// The outcome.
+        outcome: Json,
+    },
 }
 
 /// A pool's view as of a seq, for the read model's table.
@@ -226,17 +271,6 @@ pub struct AuditedEvent {
     pub plugin_version: String,
     /// The content digest of its component.
     pub plugin_digest: String,
-}
-
-/// The first outcome recorded for a command key.
-#[derive(Clone, Debug)]
-pub struct RecordedOutcome {
-    /// The pool's seq after the command.
-    pub seq_nr: SeqNr,
-    /// The outcome, as JSON.
-    pub outcome: Json,
-    /// When it was recorded.
-    pub recorded_at: time::OffsetDateTime,
 }
 
 /// A stored snapshot.
@@ -353,8 +387,23 @@ impl Journal {
     /// the others are written. A batch per pool at most; a second one for
     /// the same pool is refused as a conflict.
     pub async fn append_many(&self, batches: &[Append]) -> Vec<Result<SeqNr>> {
+        match self.db.acquire().await {
+            Ok(mut conn) => self.append_many_on(&mut conn, batches).await,
+            Err(error) => {
+                let error = Error::Database(error);
+                batches.iter().map(|_| Err(error.duplicate())).collect()
+            }
+        }
+    }
+
+    /// [`Journal::append_many`] on a connection the caller holds.
+    pub async fn append_many_on(
+        &self,
+        conn: &mut PgConnection,
+        batches: &[Append],
+    ) -> Vec<Result<SeqNr>> {
         let mut results: Vec<Option<Result<SeqNr>>> = batches.iter().map(|_| None).collect();
-        let outcome = self.write_group(batches, &mut results).await;
+        let outcome = self.write_group(conn, batches, &mut results).await;
         if outcome.is_err() && batches.len() > 1 {
             // One poisoned batch (say, an event PostgreSQL will not store)
             // must not sink the others: write them one at a time instead.
@@ -364,7 +413,9 @@ impl Journal {
             );
             let mut alone = Vec::with_capacity(batches.len());
             for batch in batches {
-                alone.push(Box::pin(self.append(batch)).await);
+                let mut result =
+                    Box::pin(self.append_many_on(conn, std::slice::from_ref(batch))).await;
+                alone.push(result.pop().expect("one result per batch"));
             }
             return alone;
         }
@@ -386,6 +437,7 @@ impl Journal {
     /// one implicit transaction); records each batch's result in `results`.
     async fn write_group(
         &self,
+        conn: &mut PgConnection,
         batches: &[Append],
         results: &mut [Option<Result<SeqNr>>],
     ) -> Result<()> {
@@ -420,7 +472,6 @@ impl Journal {
         let verdicts: Vec<(String, String)> = sqlx::query_as(APPEND_GROUP)
             .bind(&group.pools)
             .bind(&group.expected)
-            .bind(&group.ends)
             .bind(&group.shards)
             .bind(&group.epochs)
             .bind(&events.pools)
@@ -431,11 +482,13 @@ impl Journal {
             .bind(&events.plugin_digests)
             .bind(&events.requests)
             .bind(&events.actors)
+            .bind(&events.command_keys)
+            .bind(&events.command_events)
             .bind(&commands.pools)
             .bind(&commands.keys)
             .bind(&commands.seqs)
             .bind(&commands.outcomes)
-            .fetch_all(&self.db)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|error| match first {
                 // Another writer stored one of these numbers first.
@@ -479,13 +532,23 @@ impl Journal {
     /// [`Journal::stale_views`] finds them. Waiting would cost a second
     /// flush beside each append's.
     pub async fn save_views(&self, views: &[PoolViewRow]) -> Result<()> {
+        self.save_views_on(&mut *self.db.acquire().await?, views)
+            .await
+    }
+
+    /// [`Journal::save_views`] on a connection the caller holds.
+    pub async fn save_views_on(
+        &self,
+        conn: &mut PgConnection,
+        views: &[PoolViewRow],
+    ) -> Result<()> {
         let mut sorted: Vec<&PoolViewRow> = views.iter().collect();
         sorted.sort_unstable_by(|a, b| a.pool.as_str().cmp(b.pool.as_str()));
         let pools: Vec<&str> = sorted.iter().map(|v| v.pool.as_str()).collect();
         let types: Vec<&str> = sorted.iter().map(|v| &*v.capacity_type).collect();
         let seqs: Vec<i64> = sorted.iter().map(|v| v.seq_nr.0).collect();
         let bodies: Vec<&str> = sorted.iter().map(|v| v.view.get()).collect();
-        let mut tx = self.db.begin().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
@@ -513,10 +576,12 @@ impl Journal {
     pub async fn stale_views(&self, shards: &[u32]) -> Result<Vec<(PoolId, String, SeqNr)>> {
         let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT p.pool_id, p.capacity_type, p.last_seq FROM pools p
+            "SELECT p.pool_id, p.capacity_type, h.last_seq FROM pools p
+               CROSS JOIN LATERAL (SELECT COALESCE(max(e.seq_nr), 0) AS last_seq
+                                     FROM events e WHERE e.pool_id = p.pool_id) h
                LEFT JOIN pool_views v ON v.pool_id = p.pool_id
               WHERE p.shard = ANY($1) AND p.failed_reason IS NULL
-                AND (v.seq_nr IS NULL OR v.seq_nr < p.last_seq)
+                AND (v.seq_nr IS NULL OR v.seq_nr < h.last_seq)
               ORDER BY p.pool_id",
         )
         .bind(&shards)
@@ -664,50 +729,90 @@ impl Journal {
         }))
     }
 
-    /// The recorded outcomes of these command keys, by key.
+    /// The outcomes of these command keys, by key. Of a key accepted more
+    /// than once (a retry after the idempotency window), the latest
+    /// acceptance; an acceptance is preferred to an outcome recorded as
+    /// JSON, which may be a refusal of a retry.
     pub async fn outcomes_of(
         &self,
         id: &PoolId,
         keys: &[String],
-    ) -> Result<HashMap<String, RecordedOutcome>> {
-        let rows = sqlx::query(
-            "SELECT idempotency_key, seq_nr, outcome::text AS outcome, recorded_at
-             FROM commands WHERE pool_id = $1 AND idempotency_key = ANY($2)",
-        )
+    ) -> Result<HashMap<String, KeptOutcome>> {
+        let mut kept = self.recorded_outcomes(id, Recorded::Keys(keys)).await?;
+        let accepted = sqlx::query(AssertSqlSafe(format!(
+            "{ACCEPTED_OUTCOMES} WHERE k.pool_id = $1 AND k.command_key = ANY($2) ORDER BY k.seq_nr"
+        )))
         .bind(id.as_str())
         .bind(keys)
+        .fetch_all(&self.db)
+        .await?;
+        for row in accepted {
+            kept.insert(row.get("command_key"), accepted_outcome(id, &row)?);
+        }
+        Ok(kept)
+    }
+
+    /// The outcomes of the pool's keyed commands that were accepted within
+    /// `within` of now, with those recorded as JSON in that time (which
+    /// the caller sorts out): what an entity remembers for retries.
+    pub async fn command_outcomes(
+        &self,
+        id: &PoolId,
+        within: std::time::Duration,
+    ) -> Result<Vec<(String, KeptOutcome)>> {
+        let recorded = self.recorded_outcomes(id, Recorded::Within(within)).await?;
+        // Per pool, events are recorded in the order of their numbers: the
+        // window is the history after the last event recorded before it,
+        // which a backward scan of the pool's key finds.
+        let accepted = sqlx::query(AssertSqlSafe(format!(
+            "{ACCEPTED_OUTCOMES} WHERE k.pool_id = $1 AND k.command_key IS NOT NULL
+                AND k.seq_nr > COALESCE((SELECT max(o.seq_nr) FROM events o WHERE o.pool_id = $1
+                      AND o.recorded_at <= now() - make_interval(secs => $2)), 0)
+              ORDER BY k.seq_nr"
+        )))
+        .bind(id.as_str())
+        .bind(within.as_secs_f64())
+        .fetch_all(&self.db)
+        .await?;
+        let mut outcomes: Vec<(String, KeptOutcome)> = recorded.into_iter().collect();
+        for row in accepted {
+            outcomes.push((row.get("command_key"), accepted_outcome(id, &row)?));
+        }
+        Ok(outcomes)
+    }
+
+    /// Outcomes recorded as JSON in `commands`, by key.
+    async fn recorded_outcomes(
+        &self,
+        id: &PoolId,
+        which: Recorded<'_>,
+    ) -> Result<HashMap<String, KeptOutcome>> {
+        const SELECT: &str = "SELECT idempotency_key, seq_nr, outcome::text AS outcome
+                                FROM commands WHERE pool_id = $1";
+        let rows = match which {
+            Recorded::Keys(keys) => sqlx::query(AssertSqlSafe(format!(
+                "{SELECT} AND idempotency_key = ANY($2)"
+            )))
+            .bind(id.as_str())
+            .bind(keys),
+            Recorded::Within(within) => sqlx::query(AssertSqlSafe(format!(
+                "{SELECT} AND recorded_at > now() - make_interval(secs => $2)"
+            )))
+            .bind(id.as_str())
+            .bind(within.as_secs_f64()),
+        }
         .fetch_all(&self.db)
         .await?;
         rows.into_iter()
             .map(|row| {
                 Ok((
                     row.get("idempotency_key"),
-                    RecordedOutcome {
+                    KeptOutcome::Recorded {
                         seq_nr: SeqNr(row.get("seq_nr")),
                         outcome: json(id, row.get("outcome"))?,
-                        recorded_at: row.get("recorded_at"),
                     },
                 ))
             })
-            .collect()
-    }
-
-    /// Every recorded command outcome of the pool, by key.
-    pub async fn command_outcomes(
-        &self,
-        id: &PoolId,
-        within: std::time::Duration,
-    ) -> Result<Vec<(String, Json)>> {
-        let rows = sqlx::query(
-            "SELECT idempotency_key, outcome::text AS outcome FROM commands
-             WHERE pool_id = $1 AND recorded_at > now() - make_interval(secs => $2)",
-        )
-        .bind(id.as_str())
-        .bind(within.as_secs_f64())
-        .fetch_all(&self.db)
-        .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.get("idempotency_key"), json(id, row.get("outcome"))?)))
             .collect()
     }
 
@@ -765,6 +870,46 @@ impl Journal {
     }
 }
 
+/// A connection a writer task keeps for all its statements. Taking
+/// whichever the pool has idle (sqlx hands out the one idle longest) would
+/// spread a writer's statements over every backend, each of which then runs
+/// them with its caches cold: under spread load, PostgreSQL spent more CPU
+/// on larger groups that way than on one warm backend, and each append took
+/// twice as long.
+pub(crate) struct HeldConnection {
+    db: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl HeldConnection {
+    pub(crate) fn new(journal: &Journal) -> Self {
+        Self {
+            db: journal.db.clone(),
+            conn: None,
+        }
+    }
+
+    /// The connection, taken from the pool if none is held.
+    pub(crate) async fn get(&mut self) -> Result<&mut PgConnection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.db.acquire().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+
+    /// After a statement: if it failed other than by the server's refusal,
+    /// the connection may be broken, so it is closed and the next statement
+    /// gets another.
+    pub(crate) fn check<T>(&mut self, result: &Result<T>) {
+        let broken =
+            matches!(result, Err(Error::Database(e)) if !matches!(e, sqlx::Error::Database(_)));
+        if broken && let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// A pool id read from the database.
 fn stored_id(id: &str) -> Result<PoolId> {
     PoolId::new(id).map_err(|e| Error::Corrupt {
@@ -777,6 +922,39 @@ fn json(pool: &PoolId, text: String) -> Result<Json> {
     RawValue::from_string(text).map_err(|e| Error::Corrupt {
         pool: pool.clone(),
         reason: e.to_string(),
+    })
+}
+
+/// Which outcomes recorded as JSON to read.
+enum Recorded<'a> {
+    /// Those of these keys.
+    Keys(&'a [String]),
+    /// Those recorded within this long of now.
+    Within(std::time::Duration),
+}
+
+/// Accepted outcomes from the events that complete keyed commands (`k`):
+/// each command's key, its last seq and its events as a JSON array. Most
+/// commands decide one event, which is then the whole outcome.
+const ACCEPTED_OUTCOMES: &str = "
+SELECT k.command_key, k.seq_nr,
+       CASE WHEN k.command_events = 1 THEN '[' || k.payload::text || ']'
+            ELSE (SELECT json_agg(e.payload ORDER BY e.seq_nr)::text FROM events e
+                   WHERE e.pool_id = k.pool_id
+                     AND e.seq_nr BETWEEN k.seq_nr - k.command_events + 1 AND k.seq_nr)
+       END AS events
+  FROM events k";
+
+/// A row of [`ACCEPTED_OUTCOMES`].
+fn accepted_outcome(pool: &PoolId, row: &sqlx::postgres::PgRow) -> Result<KeptOutcome> {
+    let events: String = row.get("events");
+    let events: Vec<Json> = serde_json::from_str(&events).map_err(|e| Error::Corrupt {
+        pool: pool.clone(),
+        reason: format!("the events of an accepted command: {e}"),
+    })?;
+    Ok(KeptOutcome::Accepted {
+        seq_nr: SeqNr(row.get("seq_nr")),
+        events,
     })
 }
 
@@ -793,53 +971,54 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 
 /// Appends a group of batches as one statement.
 ///
-/// Leases are read under a share lock, in shard order as every statement
-/// on leases takes them, so a lease cannot move while the group is
-/// written; the pools' rows are locked one by one through their key (a
-/// lateral lookup each, which the planner cannot turn into a scan of the
-/// table) in id order, so two groups never wait on each other in a
-/// cycle. `last_seq` is read through that
-/// lock: after waiting for another writer, PostgreSQL hands back the row as
-/// that writer left it, which a read of `events` (the statement's snapshot,
-/// taken before the wait) would not see. Only batches that hold their lease
-/// and continue their pool's history are written; the others are answered
-/// with why. Events and outcomes go in with a fixed number of `UNNEST`s
+/// The leases of the group's shards are locked for share, shard by shard
+/// in shard order as every statement on leases takes them, so none can
+/// move while the group is written. A batch is written only if it holds
+/// its lease, its pool exists and the pool's history ends where the batch
+/// continues from; the others are answered with why. A writer extending
+/// the same history at the same moment is caught by the `(pool_id,
+/// seq_nr)` key instead: the statement fails, and
+/// [`Journal::append_many_on`] writes the batches one by one to tell
+/// which. Pools' rows are neither locked nor changed; an append writes its
+/// events, and outcomes only for the commands that decided none.
+///
+/// The plan is shaped for a few pools at a time, which is what a group
+/// mostly holds: each lookup (lease, pool, the history's end) is by key
+/// and per batch, and the inserts keep the written pools by comparing with
+/// an array. Joins would set up a hash table apiece at every execution,
+/// and PostgreSQL would answer an `EXISTS` by hashing the whole table of
+/// pools. Events and outcomes go in with a fixed number of `UNNEST`s
 /// however many pools take part.
 const APPEND_GROUP: &str = "
 WITH batch AS (
-    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[])
-        AS b(pool_id, expected, last_seq, shard, epoch)
+    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::int[], $4::bigint[])
+        AS b(pool_id, expected, shard, epoch)
 ), lease AS (
-    SELECT shard, epoch FROM shard_leases WHERE shard = ANY($4) ORDER BY shard FOR SHARE
-), locked AS (
-    SELECT b.pool_id, k.last_seq
-      FROM (SELECT pool_id FROM batch ORDER BY pool_id) b,
-           LATERAL (SELECT last_seq FROM pools p WHERE p.pool_id = b.pool_id
-                    FOR NO KEY UPDATE) k
+    SELECT k.shard, k.epoch
+      FROM (SELECT DISTINCT shard FROM batch WHERE shard IS NOT NULL ORDER BY shard) s,
+           LATERAL (SELECT l.shard, l.epoch FROM shard_leases l WHERE l.shard = s.shard FOR SHARE) k
 ), verdict AS (
-    SELECT b.pool_id, b.last_seq, b.expected,
-           CASE WHEN k.pool_id IS NULL THEN 'unknown'
-                WHEN b.shard IS NOT NULL AND l.epoch IS DISTINCT FROM b.epoch THEN 'fenced'
-                WHEN k.last_seq <> b.expected THEN 'behind'
+    SELECT b.pool_id,
+           CASE WHEN b.shard IS NOT NULL
+                     AND (SELECT l.epoch FROM lease l WHERE l.shard = b.shard) IS DISTINCT FROM b.epoch THEN 'fenced'
+                WHEN (SELECT true FROM pools p WHERE p.pool_id = b.pool_id) IS NULL THEN 'unknown'
+                WHEN (SELECT max(e.seq_nr) FROM events e WHERE e.pool_id = b.pool_id)
+                     IS DISTINCT FROM nullif(b.expected, 0) THEN 'behind'
                 ELSE 'written' END AS verdict
       FROM batch b
-      LEFT JOIN locked k ON k.pool_id = b.pool_id
-      LEFT JOIN lease l ON l.shard = b.shard
-), going AS (
-    SELECT pool_id, last_seq, expected FROM verdict WHERE verdict = 'written'
-), moved AS (
-    UPDATE pools p SET last_seq = g.last_seq
-      FROM going g WHERE p.pool_id = g.pool_id AND g.last_seq > g.expected
 ), new_events AS (
-    INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
-    SELECT e.* FROM UNNEST($6::text[], $7::bigint[], $8::text[]::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-        AS e(pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id, actor)
-     WHERE e.pool_id IN (SELECT pool_id FROM going)
+    INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest,
+                        request_id, actor, command_key, command_events)
+    SELECT e.* FROM UNNEST($5::text[], $6::bigint[], $7::text[]::jsonb[], $8::text[], $9::text[],
+                           $10::text[], $11::text[], $12::text[], $13::text[], $14::int[])
+        AS e(pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest,
+             request_id, actor, command_key, command_events)
+     WHERE e.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
 ), new_commands AS (
     INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-    SELECT c.* FROM UNNEST($14::text[], $15::text[], $16::bigint[], $17::text[]::jsonb[])
+    SELECT c.* FROM UNNEST($15::text[], $16::text[], $17::bigint[], $18::text[]::jsonb[])
         AS c(pool_id, idempotency_key, seq_nr, outcome)
-     WHERE c.pool_id IN (SELECT pool_id FROM going)
+     WHERE c.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
         ON CONFLICT (pool_id, idempotency_key) DO UPDATE
        SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()
 )
@@ -850,7 +1029,6 @@ SELECT pool_id, verdict FROM verdict";
 struct GroupColumns<'a> {
     pools: Vec<&'a str>,
     expected: Vec<i64>,
-    ends: Vec<i64>,
     shards: Vec<Option<i32>>,
     epochs: Vec<Option<i64>>,
 }
@@ -859,7 +1037,6 @@ impl<'a> GroupColumns<'a> {
     fn push(&mut self, batch: &'a Append) {
         self.pools.push(batch.pool.as_str());
         self.expected.push(batch.expected.0);
-        self.ends.push(batch.end().0);
         self.shards.push(batch.fence.map(|f| f.shard as i32));
         self.epochs.push(batch.fence.map(|f| f.epoch));
     }
@@ -876,6 +1053,8 @@ struct EventColumns<'a> {
     plugin_digests: Vec<&'a str>,
     requests: Vec<&'a str>,
     actors: Vec<&'a str>,
+    command_keys: Vec<Option<&'a str>>,
+    command_events: Vec<Option<i32>>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -889,6 +1068,14 @@ impl<'a> EventColumns<'a> {
             self.plugin_digests.push(&batch.plugin.digest);
             self.requests.push(&event.request_id);
             self.actors.push(&event.actor);
+            self.command_keys
+                .push(event.completes.as_ref().map(|c| c.key.as_str()));
+            self.command_events.push(
+                event
+                    .completes
+                    .as_ref()
+                    .map(|c| i32::try_from(c.events).unwrap_or(i32::MAX)),
+            );
         }
     }
 }

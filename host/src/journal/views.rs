@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, Journal, PoolViewRow, Result};
+use super::{Error, HeldConnection, Journal, PoolViewRow, Result};
 use crate::ids::{PoolId, SeqNr};
 use crate::metrics::{GaugePart, metrics};
 
@@ -93,6 +93,7 @@ impl ViewWriter {
 }
 
 async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>, refused: Refused) {
+    let mut conn = HeldConnection::new(&journal);
     let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
     let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let pending = GaugePart::of(&metrics().view_rows_pending);
@@ -126,7 +127,7 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>,
                 .collect()
         };
         pending.show(rows.len());
-        match save(&journal, &rows, &refused).await {
+        match save(&journal, &mut conn, &rows, &refused).await {
             Ok(()) => {
                 pending.show(0);
                 for flush in flushes.drain(..) {
@@ -165,17 +166,18 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>,
 /// the caller to retry.
 async fn save(
     journal: &Journal,
+    conn: &mut HeldConnection,
     rows: &[PoolViewRow],
     refused: &Mutex<RefusedViews>,
 ) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    match timed(journal, rows).await {
+    match timed(journal, conn, rows).await {
         // Row by row, so that the one refused does not hold back the others.
         Err(error) if is_refusal(&error) => {
             for row in rows {
-                match timed(journal, std::slice::from_ref(row)).await {
+                match timed(journal, conn, std::slice::from_ref(row)).await {
                     Err(error) if is_refusal(&error) => {
                         metrics().view_rows_refused.inc();
                         tracing::error!(
@@ -223,9 +225,13 @@ fn body_hash(row: &PoolViewRow) -> u64 {
 }
 
 /// One statement, recorded in the metrics.
-async fn timed(journal: &Journal, rows: &[PoolViewRow]) -> Result<()> {
+async fn timed(journal: &Journal, conn: &mut HeldConnection, rows: &[PoolViewRow]) -> Result<()> {
     let started = std::time::Instant::now();
-    let written = journal.save_views(rows).await;
+    let written = match conn.get().await {
+        Ok(held) => journal.save_views_on(held, rows).await,
+        Err(error) => Err(error),
+    };
+    conn.check(&written);
     let metrics = metrics();
     metrics
         .view_write_seconds
