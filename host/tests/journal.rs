@@ -415,7 +415,7 @@ fn view_row(pool: &str, seq: i64, view: &str) -> PoolViewRow {
 async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
     let _alone = VIEW_WRITERS.lock().await;
     let (journal, _, url) = journal_with_pool("p").await;
-    let writer = ViewWriter::start(journal.clone());
+    let writer = ViewWriter::start(journal.clone(), std::time::Duration::from_millis(500));
     writer.publish(view_row("a", 2, r#"{"n": 2}"#));
     writer.publish(view_row("a", 1, r#"{"n": 1}"#));
     writer.publish(view_row("b", 5, r#"{"n": 5}"#));
@@ -458,7 +458,7 @@ async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
 async fn the_view_writer_keeps_what_it_could_not_write_and_tries_again() {
     let _alone = VIEW_WRITERS.lock().await;
     let (journal, _, url) = journal_with_pool("p").await;
-    let writer = ViewWriter::start(journal.clone());
+    let writer = ViewWriter::start(journal.clone(), std::time::Duration::from_millis(500));
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     // The table is out of reach for a while: every write fails.
     sqlx::query("ALTER TABLE pool_views RENAME TO pool_views_away")
@@ -490,6 +490,54 @@ async fn the_view_writer_keeps_what_it_could_not_write_and_tries_again() {
     .await
     .unwrap();
     assert_eq!(rows, [("a".into(), 2), ("b".into(), 1)]);
+}
+
+/// A pool whose row was written within the interval has its next view
+/// held, and written at the latest once the interval has passed (or at a
+/// flush); another pool's view goes meanwhile.
+#[tokio::test]
+async fn the_view_writer_writes_a_busy_pool_once_an_interval() {
+    let _alone = VIEW_WRITERS.lock().await;
+    let (journal, _, url) = journal_with_pool("p").await;
+    let writer = ViewWriter::start(journal.clone(), std::time::Duration::from_secs(3600));
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    writer.publish(view_row("busy", 1, r#"{"n": 1}"#));
+    row_reaches(&mut conn, "busy", 1).await;
+    writer.publish(view_row("busy", 2, r#"{"n": 2}"#));
+    writer.publish(view_row("busy", 3, r#"{"n": 3}"#));
+    writer.publish(view_row("quiet", 1, r#"{"n": 1}"#));
+    row_reaches(&mut conn, "quiet", 1).await;
+    assert_eq!(
+        row_seq(&mut conn, "busy").await,
+        Some(1),
+        "written again within the interval"
+    );
+    writer.flush().await.unwrap();
+    assert_eq!(
+        row_seq(&mut conn, "busy").await,
+        Some(3),
+        "the latest view, at the flush"
+    );
+}
+
+async fn row_seq(conn: &mut sqlx::PgConnection, pool: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT seq_nr FROM pool_views WHERE pool_id = $1")
+        .bind(pool)
+        .fetch_optional(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits for a pool's read-model row to be written as of `seq`.
+async fn row_reaches(conn: &mut sqlx::PgConnection, pool: &str, seq: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while row_seq(conn, pool).await != Some(seq) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pool} was not written as of {seq}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Writing a pool's view again and again updates its row in place (HOT):
@@ -563,7 +611,7 @@ async fn the_read_model_polls_for_changes_it_was_not_told_of() {
     assert!(reaches(1).await, "notified");
 
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("ALTER TABLE pool_views DISABLE TRIGGER pool_views_notify")
+    sqlx::query("ALTER TABLE pool_views DISABLE TRIGGER USER")
         .execute(&mut conn)
         .await
         .unwrap();
@@ -571,10 +619,36 @@ async fn the_read_model_polls_for_changes_it_was_not_told_of() {
         .save_views(&[view_row("a", 2, r#"{"cells": [], "details": {"n": 2}}"#)])
         .await
         .unwrap();
-    sqlx::query("ALTER TABLE pool_views ENABLE TRIGGER pool_views_notify")
+    sqlx::query("ALTER TABLE pool_views ENABLE TRIGGER USER")
         .execute(&mut conn)
         .await
         .unwrap();
     assert!(reaches(2).await, "the poll found the change");
     assert_eq!(model.get(&pool).unwrap().view.details.get(), r#"{"n": 2}"#);
+}
+
+/// One statement that writes many read-model rows notifies them all, in a
+/// few notifications: every row reaches another node's read model without
+/// its poll.
+#[tokio::test]
+async fn a_statement_of_many_views_notifies_them_all() {
+    use allot_host::view::{ReadModel, Settings};
+    let (journal, _, _) = journal_with_pool("many").await;
+    let settings = Settings {
+        poll_every: std::time::Duration::from_secs(3600),
+        full_sync_every: std::time::Duration::from_secs(3600),
+    };
+    let model = ReadModel::start(journal.db().clone(), settings)
+        .await
+        .unwrap();
+    // More rows than one notification lists, with ids of the longest kind.
+    let rows: Vec<PoolViewRow> = (0..120)
+        .map(|i| view_row(&format!("{i:0>128}"), 1, r#"{"cells": [], "details": {}}"#))
+        .collect();
+    journal.save_views(&rows).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while model.len() < rows.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(model.len(), rows.len(), "every row was notified");
 }

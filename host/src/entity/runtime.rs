@@ -38,6 +38,9 @@ pub struct Settings {
     /// How long the first outcome of a keyed command is kept: a retry
     /// within it gets that outcome; memory follows commands per window.
     pub idempotency_window: Duration,
+    /// A pool's read-model row is written at most this often: other nodes
+    /// see a busy pool's changes up to this much later.
+    pub view_row_interval: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             writers: 1,
             max_group: 256,
             idempotency_window: Duration::from_secs(3600),
+            view_row_interval: Duration::from_millis(500),
         }
     }
 }
@@ -104,7 +108,7 @@ impl Runtime {
         Self {
             inner: Arc::new(Inner {
                 committer: Committer::start(journal.clone(), settings.writers, settings.max_group),
-                views: ViewWriter::start(journal.clone()),
+                views: ViewWriter::start(journal.clone(), settings.view_row_interval),
                 journal,
                 settings,
                 plugins: RwLock::default(),

@@ -7,7 +7,10 @@
 //! queue lock PostgreSQL holds through the commit's flush) made each append
 //! about a third longer under spread load. Here the views of many pools go
 //! in one statement, off the path callers wait on, and a pool that changed
-//! several times meanwhile is written once, at its latest.
+//! several times meanwhile is written once, at its latest. A busy pool's row
+//! is written at most once an interval (`[entities] view_row_interval_ms`):
+//! the node's own read model has the pool's latest view at once, the other
+//! nodes' within that interval.
 //!
 //! A view may therefore reach its row a moment after its events. A node that
 //! dies in that moment leaves the row behind the history; whoever takes the
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{Error, HeldConnection, Journal, PoolViewRow, Result};
 use crate::ids::{PoolId, SeqNr};
@@ -57,11 +61,16 @@ type Refused = Arc<Mutex<RefusedViews>>;
 type RefusedViews = HashMap<PoolId, (SeqNr, u64)>;
 
 impl ViewWriter {
-    /// Starts the writer task.
-    pub fn start(journal: Journal) -> Self {
+    /// Starts the writer task. It writes a pool's row again no sooner than
+    /// `per_pool` after the last time: a pool that changes faster has its
+    /// row written at most that often, with its latest view. Other nodes'
+    /// read models then see such a pool's changes up to `per_pool` later,
+    /// and PostgreSQL writes a row per pool per interval instead of one per
+    /// batch (under spread load, several times fewer). Flushes write at once.
+    pub fn start(journal: Journal, per_pool: Duration) -> Self {
         let (queue, messages) = mpsc::unbounded_channel();
         let refused = Refused::default();
-        tokio::spawn(write(journal, messages, refused.clone()));
+        tokio::spawn(write(journal, messages, refused.clone(), per_pool));
         Self { queue, refused }
     }
 
@@ -92,11 +101,19 @@ impl ViewWriter {
     }
 }
 
-async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>, refused: Refused) {
+async fn write(
+    journal: Journal,
+    mut messages: mpsc::UnboundedReceiver<Message>,
+    refused: Refused,
+    per_pool: Duration,
+) {
     let mut conn = HeldConnection::new(&journal);
     let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
     let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let pending = GaugePart::of(&metrics().view_rows_pending);
+    // When each pool's row was last written, for the pools written within
+    // the interval.
+    let mut written: HashMap<PoolId, Instant> = HashMap::new();
     let mut open = true;
     loop {
         if held.is_empty() && flushes.is_empty() {
@@ -115,9 +132,12 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>,
                 }
             }
         }
+        let now = Instant::now();
+        written.retain(|_, at| now.duration_since(*at) < per_pool);
+        let everything = !flushes.is_empty() || !open;
         let rows: Vec<PoolViewRow> = {
             let refused = refused.lock().expect("refused views");
-            held.drain()
+            held.extract_if(|pool, _| everything || !written.contains_key(pool))
                 .map(|(_, row)| row)
                 .filter(|row| {
                     refused
@@ -126,10 +146,11 @@ async fn write(journal: Journal, mut messages: mpsc::UnboundedReceiver<Message>,
                 })
                 .collect()
         };
-        pending.show(rows.len());
+        pending.show(held.len() + rows.len());
         match save(&journal, &mut conn, &rows, &refused).await {
             Ok(()) => {
-                pending.show(0);
+                pending.show(held.len());
+                written.extend(rows.into_iter().map(|row| (row.pool, now)));
                 for flush in flushes.drain(..) {
                     let _ = flush.send(Ok(()));
                 }

@@ -180,6 +180,9 @@ pub struct EntityConfig {
     /// Seconds a retry of a keyed command (a reservation id, an
     /// idempotency key) gets its first outcome.
     pub idempotency_window_seconds: u64,
+    /// Milliseconds between two writes of a busy pool's read-model row:
+    /// other nodes' grids show its changes up to this much later.
+    pub view_row_interval_ms: u64,
 }
 
 impl Default for EntityConfig {
@@ -192,6 +195,7 @@ impl Default for EntityConfig {
             idle_after_seconds: settings.idle_after.as_secs(),
             writers: settings.writers,
             idempotency_window_seconds: settings.idempotency_window.as_secs(),
+            view_row_interval_ms: settings.view_row_interval.as_millis() as u64,
         }
     }
 }
@@ -207,6 +211,7 @@ impl EntityConfig {
             idempotency_window: std::time::Duration::from_secs(
                 self.idempotency_window_seconds.max(1),
             ),
+            view_row_interval: std::time::Duration::from_millis(self.view_row_interval_ms),
             ..entity::Settings::default()
         }
     }

@@ -158,8 +158,9 @@ impl Drop for Shared {
 }
 
 enum Signal {
-    /// A pool's view row changed, as of this seq when the notification says.
-    Changed(String, Option<i64>),
+    /// Pools' view rows changed, each as of a seq when the notification
+    /// says.
+    Changed(Vec<(String, Option<i64>)>),
     /// Notifications may have been lost: compare everything.
     Resync,
 }
@@ -317,12 +318,15 @@ async fn listen(
         let signal = match listener.try_recv().await {
             Ok(Some(notification)) => {
                 set_listening(true);
-                // `<pool> <seq>`; older triggers sent the pool alone.
-                let payload = notification.payload();
-                match payload.split_once(' ') {
-                    Some((pool, seq)) => Signal::Changed(pool.to_owned(), seq.parse().ok()),
-                    None => Signal::Changed(payload.to_owned(), None),
-                }
+                // A line `<pool> <seq>` per row; older triggers sent one
+                // line a notification, and before that the pool alone.
+                let changed = (notification.payload().lines())
+                    .map(|line| match line.split_once(' ') {
+                        Some((pool, seq)) => (pool.to_owned(), seq.parse().ok()),
+                        None => (line.to_owned(), None),
+                    })
+                    .collect();
+                Signal::Changed(changed)
             }
             Ok(None) => {
                 // Reconnected already (eagerly); what was sent meanwhile is
@@ -358,9 +362,11 @@ async fn refresh(
         let mut resync = false;
         let mut polled = false;
         let mut take = |signal| match signal {
-            Signal::Changed(id, seq) => {
-                let newest = changed.entry(id).or_insert(seq);
-                *newest = (*newest).max(seq);
+            Signal::Changed(rows) => {
+                for (id, seq) in rows {
+                    let newest = changed.entry(id).or_insert(seq);
+                    *newest = (*newest).max(seq);
+                }
             }
             Signal::Resync => resync = true,
         };
