@@ -187,6 +187,42 @@ impl Load {
     }
 }
 
+/// One target's search for the highest rate within the objective: up by
+/// half while it holds, then halving the gap to the lowest rate that missed.
+struct Search {
+    /// The rate of the next step; `None` once the gap is within 10 %.
+    next: Option<f64>,
+    passed: f64,
+    failed: f64,
+}
+
+impl Search {
+    fn new(start: f64) -> Self {
+        Self {
+            next: Some(start),
+            passed: 0.0,
+            failed: f64::INFINITY,
+        }
+    }
+
+    fn record(&mut self, rate: f64, within: bool) {
+        if within {
+            self.passed = self.passed.max(rate);
+        } else {
+            self.failed = self.failed.min(rate);
+        }
+        self.next = if !self.failed.is_finite() {
+            Some(rate * 1.5)
+        } else if self.passed == 0.0 {
+            Some(self.failed / 2.0)
+        } else if self.failed / self.passed < 1.1 {
+            None
+        } else {
+            Some((self.passed + self.failed) / 2.0)
+        };
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -782,13 +818,19 @@ impl Bench {
                 SweepLoad::Grid => (Load::Grid, args.read_rate, args.read_p99_ms),
                 SweepLoad::Mixed => (Load::Mixed, args.mixed_rate, args.write_p99_ms),
             };
-            let mut best = Vec::new();
-            for t in 0..self.targets.len() {
-                // Each sweep starts on a quiet database, not in the vacuum
-                // and checkpoint that the writes before it call for.
-                self.targets[t].settle().await;
-                let (mut rate, mut passed, mut failed) = (start, 0.0_f64, f64::INFINITY);
-                for _ in 0..args.steps {
+            // Each sweep starts on quiet databases, not in the vacuum and
+            // checkpoint that the writes before it call for.
+            for target in &self.targets {
+                target.settle().await;
+            }
+            // The targets take turns, step by step, so that a spell of a
+            // slow disk or a busy host falls on both rather than on one
+            // target's whole sweep.
+            let mut searches: Vec<Search> =
+                self.targets.iter().map(|_| Search::new(start)).collect();
+            for _ in 0..args.steps {
+                for (t, search) in searches.iter_mut().enumerate() {
+                    let Some(rate) = search.next else { continue };
                     // A step that misses is run once more: one stall of a
                     // shared machine should not decide a target's capacity.
                     let mut within = false;
@@ -800,26 +842,10 @@ impl Bench {
                             break;
                         }
                     }
-                    if within {
-                        passed = passed.max(rate);
-                    } else {
-                        failed = failed.min(rate);
-                    }
-                    rate = if failed.is_finite() {
-                        if passed == 0.0 {
-                            failed / 2.0
-                        } else {
-                            (passed + failed) / 2.0
-                        }
-                    } else {
-                        rate * 1.5
-                    };
-                    if failed.is_finite() && passed > 0.0 && failed / passed < 1.1 {
-                        break;
-                    }
+                    search.record(rate, within);
                 }
-                best.push(passed);
             }
+            let best = searches.iter().map(|s| s.passed).collect();
             self.comparisons.push(Comparison {
                 what: format!("{} rate, p99 ≤ {objective} ms", load.name()),
                 figures: best,
@@ -1029,5 +1055,41 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Search;
+
+    /// The search goes up by half while the objective holds, then halves
+    /// the gap to the lowest rate that missed, and stops within 10 %.
+    #[test]
+    fn the_sweep_closes_in_on_the_highest_rate_within_the_objective() {
+        let capacity = 5_000.0;
+        let mut search = Search::new(2_000.0);
+        let mut steps = Vec::new();
+        while let Some(rate) = search.next {
+            steps.push(rate);
+            search.record(rate, rate <= capacity);
+        }
+        assert_eq!(
+            steps,
+            [2_000.0, 3_000.0, 4_500.0, 6_750.0, 5_625.0, 5_062.5, 4_781.25]
+        );
+        assert_eq!(search.passed, 4_781.25);
+    }
+
+    /// A target that misses from the first step is tried at half the rate,
+    /// again and again.
+    #[test]
+    fn a_sweep_that_never_holds_halves_the_rate() {
+        let mut search = Search::new(2_000.0);
+        for _ in 0..3 {
+            let rate = search.next.unwrap();
+            search.record(rate, false);
+        }
+        assert_eq!(search.next, Some(250.0));
+        assert_eq!(search.passed, 0.0);
     }
 }
