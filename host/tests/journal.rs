@@ -140,6 +140,76 @@ async fn appends_are_fenced_by_the_lease_epoch() {
     assert_eq!(journal.append(&current).await.unwrap(), SeqNr(1));
 }
 
+/// An append neither waits for a renewal of its lease's expiry nor holds
+/// one up; it waits for a take of the lease, and is fenced once the take
+/// commits.
+#[tokio::test]
+async fn appends_wait_for_takes_of_their_lease_but_not_for_renewals() {
+    let (journal, id, url) = journal_with_pool("renewed").await;
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO shard_leases (shard, owner_node, epoch, expires_at) VALUES ($1, 'node-a', 3, now() + interval '10 s')")
+        .bind(id.shard() as i32)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let fenced = |expected: i64| {
+        let mut batch = append(&id, expected, events(1));
+        batch.fence = Some(Fence {
+            shard: id.shard(),
+            epoch: 3,
+        });
+        batch
+    };
+
+    // A renewal, as the cluster makes it, left uncommitted.
+    let mut renewal = other.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE shard_leases SET expires_at = now() + interval '10 s'
+          WHERE shard = (SELECT shard FROM shard_leases WHERE shard = $1 FOR NO KEY UPDATE)",
+    )
+    .bind(id.shard() as i32)
+    .execute(&mut *renewal)
+    .await
+    .unwrap();
+    let written = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        journal.append(&fenced(0)),
+    )
+    .await
+    .expect("the append waited for the renewal");
+    assert_eq!(written.unwrap(), SeqNr(1));
+    renewal.commit().await.unwrap();
+
+    // A take, as the cluster makes it: the append waits, then is fenced.
+    let mut take = other.begin().await.unwrap();
+    sqlx::query("SELECT shard FROM shard_leases WHERE shard = $1 FOR UPDATE")
+        .bind(id.shard() as i32)
+        .execute(&mut *take)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let journal = journal.clone();
+        let batch = fenced(1);
+        async move { journal.append(&batch).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the append did not wait for the take"
+    );
+    sqlx::query(
+        "UPDATE shard_leases SET owner_node = 'node-b', epoch = epoch + 1 WHERE shard = $1",
+    )
+    .bind(id.shard() as i32)
+    .execute(&mut *take)
+    .await
+    .unwrap();
+    take.commit().await.unwrap();
+    let error = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(error, Error::Fenced { epoch: 3, .. }), "{error}");
+    assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(1));
+}
+
 /// Every event records which plugin version decided it, for which request.
 #[tokio::test]
 async fn events_carry_their_provenance() {

@@ -47,14 +47,18 @@ const CHANNEL: &str = "allot_cluster";
 /// under these epochs ($3) to $4 ms from now (0 releases them); returns the
 /// shards it still held. Rows are locked in shard order, as by every
 /// statement on several leases, so that nodes renewing, taking and
-/// releasing at once never wait on each other in a cycle.
+/// releasing at once never wait on each other in a cycle. The lock is FOR
+/// NO KEY UPDATE, which appends (holding their leases FOR KEY SHARE) do not
+/// wait for: the expiry does not fence anyone, and renewing every lease
+/// twice a second would otherwise hold up every append for as long as the
+/// renewal takes to commit.
 const SET_EXPIRY: &str = "
 WITH mine AS (
     SELECT l.shard FROM shard_leases l
       JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
         ON l.shard = h.shard AND l.epoch = h.epoch
      WHERE l.owner_node = $1
-     ORDER BY l.shard FOR UPDATE OF l
+     ORDER BY l.shard FOR NO KEY UPDATE OF l
 )
 UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
   FROM mine WHERE l.shard = mine.shard
@@ -667,11 +671,17 @@ impl Inner {
             let sent = std::time::Instant::now();
             // Free leases only: expired or released, or held by this node's
             // previous run. Each take raises the epoch, fencing older writers.
-            // In shard order, like SET_EXPIRY.
+            // In shard order, like SET_EXPIRY. The rows are locked FOR UPDATE
+            // first: appends hold their leases FOR KEY SHARE, which only that
+            // lock waits for (the upsert's own lock would not), so a take
+            // waits for the appends in flight under the old epoch.
             let taken: Vec<(i32, i64)> = sqlx::query_as(
-                "INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
+                "WITH current AS (
+                     SELECT shard FROM shard_leases WHERE shard = ANY($2) ORDER BY shard FOR UPDATE
+                 )
+                 INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
                  SELECT s, $1, 1, now() + $3 * interval '1 millisecond'
-                   FROM unnest($2::int[]) AS s ORDER BY s
+                   FROM unnest($2::int[]) AS s LEFT JOIN current c ON c.shard = s ORDER BY s
                  ON CONFLICT (shard) DO UPDATE
                     SET owner_node = EXCLUDED.owner_node, epoch = shard_leases.epoch + 1,
                         expires_at = EXCLUDED.expires_at

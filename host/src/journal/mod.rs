@@ -971,9 +971,11 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 
 /// Appends a group of batches as one statement.
 ///
-/// The leases of the group's shards are locked for share, shard by shard
-/// in shard order as every statement on leases takes them, so none can
-/// move while the group is written. A batch is written only if it holds
+/// The leases of the group's shards are locked FOR KEY SHARE, shard by
+/// shard in shard order as every statement on leases takes them: a take
+/// (which locks FOR UPDATE) waits for the group, so no lease can move while
+/// it is written, and a renewal of the expiry (FOR NO KEY UPDATE) neither
+/// waits for the group nor holds it up. A batch is written only if it holds
 /// its lease, its pool exists and the pool's history ends where the batch
 /// continues from; the others are answered with why. A writer extending
 /// the same history at the same moment is caught by the `(pool_id,
@@ -996,7 +998,8 @@ WITH batch AS (
 ), lease AS (
     SELECT k.shard, k.epoch
       FROM (SELECT DISTINCT shard FROM batch WHERE shard IS NOT NULL ORDER BY shard) s,
-           LATERAL (SELECT l.shard, l.epoch FROM shard_leases l WHERE l.shard = s.shard FOR SHARE) k
+           LATERAL (SELECT l.shard, l.epoch FROM shard_leases l WHERE l.shard = s.shard
+                    FOR KEY SHARE) k
 ), verdict AS (
     SELECT b.pool_id,
            CASE WHEN b.shard IS NOT NULL
