@@ -221,6 +221,72 @@ async fn snapshot_and_tail_equal_full_replay() {
     assert_eq!(usage(&fresh, &id).await, (100, 68));
 }
 
+/// A snapshot waits until the events since the last one outweigh it, so a
+/// large state is not written out again every `snapshot_every` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_wait_for_events_that_outweigh_the_last() {
+    use sqlx::Connection;
+    let url = common::database().await;
+    let runtime = runtime(
+        &url,
+        Settings {
+            snapshot_every: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Each reservation adds to the state, so the state soon outweighs an event.
+    let id = quota(&runtime, "outweighed", 1_000).await;
+    for i in 0..150 {
+        let outcome = runtime
+            .execute(&id, reserve(&format!("reservation-{i}"), 1))
+            .await
+            .unwrap();
+        assert!(outcome.is_accepted(), "{outcome:?}");
+    }
+    runtime.shutdown().await;
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let snapshots: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT seq_nr, length(state) FROM snapshots WHERE pool_id = $1 ORDER BY seq_nr",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let events: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT seq_nr, length(payload::text) FROM events WHERE pool_id = $1 ORDER BY seq_nr",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 150);
+    assert!(
+        snapshots.len() > 3 && snapshots.len() < 75,
+        "{} snapshots of 150 events, one allowed after every event",
+        snapshots.len()
+    );
+    assert_eq!(snapshots.last().unwrap().0, 150, "passivation snapshots the end");
+    // Every periodic snapshot came after events that outweighed the one before.
+    for pair in snapshots.windows(2).take(snapshots.len() - 2) {
+        let ((from, size), (to, _)) = (pair[0], pair[1]);
+        let tail: i64 = events
+            .iter()
+            .filter(|(seq, _)| *seq > from && *seq <= to)
+            .map(|(_, bytes)| i64::from(*bytes))
+            .sum();
+        assert!(
+            tail >= i64::from(size),
+            "a snapshot at {to} after {tail} bytes of events, the last one of {size} bytes"
+        );
+    }
+    // And the pool recovers from them as from its whole history.
+    drop(conn);
+    let fresh = runtime_without_snapshots(&url).await;
+    assert_eq!(usage(&fresh, &id).await, (1_000, 150));
+}
+
 async fn runtime_view(url: &str) -> String {
     let runtime = runtime(url, Settings::default()).await;
     let (_, view) = runtime

@@ -15,7 +15,7 @@ use super::shadow::{Shadow, ShadowReport};
 use super::task::{Envelope, run};
 use super::{Error, Outcome, Request, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Committer, Fence, Journal, PoolViewRow, ViewWriter};
+use crate::journal::{self, Committer, Fence, Journal, PoolViewRow, SnapshotWriter, ViewWriter};
 use crate::metrics::{GaugePart, metrics};
 use crate::sandbox::{Plugin, PoolInstance, View};
 
@@ -26,7 +26,8 @@ pub struct Settings {
     pub mailbox: usize,
     /// Most commands decided and appended as one batch.
     pub max_batch: usize,
-    /// A snapshot is taken once this many events have been appended since the last.
+    /// A snapshot is taken once this many events have been appended since
+    /// the last, and their payloads outweigh that snapshot.
     pub snapshot_every: u64,
     /// An entity with no command for this long is passivated: snapshotted,
     /// its instance dropped. The next command re-activates it.
@@ -69,6 +70,8 @@ pub(super) struct Inner {
     pub(super) committer: Committer,
     /// Writes the views of appended batches to the read model's table.
     views: ViewWriter,
+    /// Writes the snapshots entities take as they go.
+    pub(super) snapshots: SnapshotWriter,
     pub(super) settings: Settings,
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
     /// Versions shadowing capacity types on this node.
@@ -109,6 +112,7 @@ impl Runtime {
             inner: Arc::new(Inner {
                 committer: Committer::start(journal.clone(), settings.writers, settings.max_group),
                 views: ViewWriter::start(journal.clone(), settings.view_row_interval),
+                snapshots: SnapshotWriter::start(journal.clone()),
                 journal,
                 settings,
                 plugins: RwLock::default(),
@@ -389,6 +393,7 @@ impl Runtime {
         for task in tasks {
             let _ = task.await;
         }
+        self.inner.snapshots.flush().await;
         self.inner.flush_views().await;
     }
 

@@ -43,6 +43,12 @@ struct Entity {
     refused: Option<(String, String)>,
     seq: SeqNr,
     snapshot_seq: SeqNr,
+    /// The size of the latest snapshot, and the bytes of the events
+    /// appended since: the next snapshot waits until the events outweigh
+    /// it, so that a large state is not written out again every few
+    /// events, while a recovery reads at most about twice the state.
+    snapshot_bytes: usize,
+    tail_bytes: usize,
     /// The outcome of every keyed command that took effect within the
     /// idempotency window.
     outcomes: Remembered,
@@ -215,8 +221,9 @@ impl Entity {
             .await?;
         let mut start = None;
         if let Some(stored) = snapshot {
+            let size = stored.snapshot.bytes.len();
             match LivePool::restore(&plugin, id.as_str(), config, stored.snapshot) {
-                Ok(Ok(live)) => start = Some((live, stored.seq_nr)),
+                Ok(Ok(live)) => start = Some((live, stored.seq_nr, size)),
                 Ok(Err(problem)) => tracing::info!(
                     "snapshot at {} refused ({problem}); replaying all events",
                     stored.seq_nr
@@ -227,14 +234,14 @@ impl Entity {
                 ),
             }
         }
-        let (mut live, snapshot_seq) = match start {
+        let (mut live, snapshot_seq, snapshot_bytes) = match start {
             Some(start) => start,
             None => {
                 let created = LivePool::create(&plugin, id.as_str(), config)
                     .map_err(|e| fail(id, format!("creating it again failed: {e}")));
                 let live = created?
                     .map_err(|p| fail(id, format!("the plugin now refuses its config: {p}")))?;
-                (live, SeqNr(0))
+                (live, SeqNr(0), 0)
             }
         };
         let seq = match replay(journal, id, &mut live, snapshot_seq, SeqNr(i64::MAX)).await {
@@ -299,6 +306,8 @@ impl Entity {
             live,
             seq,
             snapshot_seq,
+            snapshot_bytes,
+            tail_bytes: 0,
             outcomes,
             fence,
         })
@@ -414,6 +423,7 @@ impl Entity {
             // A batch of refusals changes no state: the view stays as it is,
             // and no node is told to fetch it again.
             let changed = !events.is_empty();
+            let appended: usize = events.iter().map(|e| e.payload.get().len()).sum();
             let append = Append {
                 pool: self.id.clone(),
                 expected: self.seq,
@@ -425,6 +435,7 @@ impl Entity {
             match runtime.committer.append(append).await {
                 Ok(end) => {
                     self.seq = end;
+                    self.tail_bytes += appended;
                     if changed {
                         match self.live.view() {
                             Ok(view) => {
@@ -467,8 +478,10 @@ impl Entity {
         }
         // Only now, with everyone answered: the shadow costs no one time.
         self.run_shadow(shadow_work);
-        if (self.seq.0 - self.snapshot_seq.0) as u64 >= runtime.settings.snapshot_every {
-            self.snapshot(runtime).await;
+        if (self.seq.0 - self.snapshot_seq.0) as u64 >= runtime.settings.snapshot_every
+            && self.tail_bytes >= self.snapshot_bytes
+        {
+            self.snapshot_in_background(runtime);
         }
         Ok(())
     }
@@ -677,9 +690,10 @@ async fn replay_into(
 }
 
 impl Entity {
-    async fn snapshot(&mut self, runtime: &Inner) {
+    /// A snapshot of the state as of now, if there is anything new.
+    fn take_snapshot(&mut self) -> Option<sandbox::Snapshot> {
         if self.seq == self.snapshot_seq {
-            return;
+            return None;
         }
         // The shadow keeps the events it applied for rebuilds too; its own
         // checkpoint lets it drop them.
@@ -692,15 +706,44 @@ impl Entity {
             following.shadow.failed();
         }
         match self.live.checkpoint() {
-            Ok(snapshot) => match runtime
+            Ok(snapshot) => {
+                self.snapshot_bytes = snapshot.bytes.len();
+                self.tail_bytes = 0;
+                Some(snapshot)
+            }
+            Err(error) => {
+                tracing::warn!("taking a snapshot failed: {error}");
+                None
+            }
+        }
+    }
+
+    /// Hands a snapshot to the snapshot writer, and goes on without waiting
+    /// for it. Another is taken `snapshot_every` events later, whether or
+    /// not this one is written.
+    fn snapshot_in_background(&mut self, runtime: &Inner) {
+        if let Some(snapshot) = self.take_snapshot()
+            && !runtime
+                .snapshots
+                .save(&self.id, self.seq, snapshot, &self.plugin.digest)
+        {
+            tracing::debug!("the snapshot writer is busy; this snapshot is skipped");
+        }
+        self.snapshot_seq = self.seq;
+    }
+
+    /// Saves a snapshot and waits for it: the next owner of the pool, or
+    /// its next activation, starts from there.
+    async fn snapshot(&mut self, runtime: &Inner) {
+        if let Some(snapshot) = self.take_snapshot() {
+            match runtime
                 .journal
                 .save_snapshot(&self.id, self.seq, &snapshot, &self.plugin.digest)
                 .await
             {
                 Ok(()) => self.snapshot_seq = self.seq,
                 Err(error) => tracing::warn!("saving a snapshot failed: {error}"),
-            },
-            Err(error) => tracing::warn!("taking a snapshot failed: {error}"),
+            }
         }
     }
 

@@ -170,7 +170,8 @@ pub struct EntityConfig {
     pub mailbox: usize,
     /// Most commands decided and appended as one batch.
     pub max_batch: usize,
-    /// Events between snapshots.
+    /// Events appended before the next snapshot (taken once the events'
+    /// payloads also outweigh the last snapshot).
     pub snapshot_every: u64,
     /// Seconds without a command after which a pool is passivated.
     pub idle_after_seconds: u64,
