@@ -267,7 +267,11 @@ async fn snapshots_wait_for_events_that_outweigh_the_last() {
         "{} snapshots of 150 events, one allowed after every event",
         snapshots.len()
     );
-    assert_eq!(snapshots.last().unwrap().0, 150, "passivation snapshots the end");
+    assert_eq!(
+        snapshots.last().unwrap().0,
+        150,
+        "passivation snapshots the end"
+    );
     // Every periodic snapshot came after events that outweighed the one before.
     for pair in snapshots.windows(2).take(snapshots.len() - 2) {
         let ((from, size), (to, _)) = (pair[0], pair[1]);
