@@ -73,29 +73,29 @@ impl SnapshotWriter {
 async fn write(journal: Journal, mut queue: mpsc::Receiver<Message>) {
     let mut conn = HeldConnection::new(&journal);
     while let Some(message) = queue.recv().await {
-        let (pool, seq_nr, snapshot, plugin_digest) = match message {
+        match message {
             Message::Save {
                 pool,
                 seq_nr,
                 snapshot,
                 plugin_digest,
-            } => (pool, seq_nr, snapshot, plugin_digest),
+            } => {
+                let saved = match conn.get().await {
+                    Ok(held) => {
+                        journal
+                            .save_snapshot_on(held, &pool, seq_nr, &snapshot, &plugin_digest)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                };
+                conn.check(&saved);
+                if let Err(error) = saved {
+                    tracing::warn!(pool = %pool, seq_nr = seq_nr.0, "saving a snapshot failed: {error}");
+                }
+            }
             Message::Flush(reply) => {
                 let _ = reply.send(());
-                continue;
             }
-        };
-        let saved = match conn.get().await {
-            Ok(held) => {
-                journal
-                    .save_snapshot_on(held, &pool, seq_nr, &snapshot, &plugin_digest)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        conn.check(&saved);
-        if let Err(error) = saved {
-            tracing::warn!(pool = %pool, seq_nr = seq_nr.0, "saving a snapshot failed: {error}");
         }
     }
 }
