@@ -60,6 +60,62 @@ async fn journal_with_pool(id: &str) -> (Journal, PoolId, String) {
     (journal, id, url)
 }
 
+/// Older snapshots are thinned as newer ones are written: a pool keeps a
+/// few, spread over its history, the newest two among them, and those of
+/// another state version are left alone.
+#[tokio::test]
+async fn old_snapshots_are_thinned_as_new_ones_are_written() {
+    use allot_host::sandbox::Snapshot;
+    let (journal, id, url) = journal_with_pool("thinned").await;
+    let snapshot = |state_version, seq: i64| Snapshot {
+        state_version,
+        bytes: seq.to_le_bytes().to_vec(),
+    };
+    journal
+        .save_snapshot(&id, SeqNr(500), &snapshot(2, 500), "sha256:old")
+        .await
+        .unwrap();
+    for seq in (1..=64).map(|n| n * 1_000) {
+        journal
+            .save_snapshot(&id, SeqNr(seq), &snapshot(1, seq), "sha256:abc")
+            .await
+            .unwrap();
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let kept: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq_nr FROM snapshots WHERE pool_id = $1 AND state_version = 1 ORDER BY seq_nr DESC",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(kept[..2], [64_000, 63_000], "the newest two stay");
+    assert!(kept.len() <= 8, "{kept:?}");
+    assert!(
+        kept.last().unwrap() <= &32_000,
+        "the early history keeps one: {kept:?}"
+    );
+    for point in (0..64_000).step_by(500) {
+        let from = journal
+            .snapshot_before(&id, 1, SeqNr(point))
+            .await
+            .unwrap()
+            .map_or(0, |stored| {
+                assert_eq!(stored.snapshot, snapshot(1, stored.seq_nr.0));
+                stored.seq_nr.0
+            });
+        assert!(
+            point - from < 2 * (64_000 - point) + 1_000,
+            "{point} from {from}"
+        );
+    }
+    let other = journal.latest_snapshot(&id, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (other.seq_nr, other.plugin_digest.as_str()),
+        (SeqNr(500), "sha256:old")
+    );
+}
+
 /// Appends continue the history; a writer behind it gets a distinct, retryable conflict.
 #[tokio::test]
 async fn an_append_from_behind_is_a_conflict() {

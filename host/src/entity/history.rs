@@ -57,13 +57,13 @@ impl Runtime {
                 (live, SeqNr(0))
             }
         };
-        let seq =
-            replay(journal, id, &mut live, seq, target)
-                .await
-                .map_err(|error| match error {
-                    ReplayError::Journal(error) => Error::Journal(error),
-                    error => failed(error.to_string()),
-                })?;
+        let seq = replay(journal, id, &mut live, seq, target)
+            .await
+            .map(|replayed| replayed.end)
+            .map_err(|error| match error {
+                ReplayError::Journal(error) => Error::Journal(error),
+                error => failed(error.to_string()),
+            })?;
         Ok((seq, live.view()?))
     }
 }

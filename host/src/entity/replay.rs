@@ -46,17 +46,25 @@ impl ReplayError {
     }
 }
 
+/// How far a replay went.
+pub(super) struct Replayed {
+    /// The seq it ended at (earlier than asked when the history is shorter).
+    pub end: SeqNr,
+    /// The size of the payloads it applied.
+    pub payload_bytes: usize,
+}
+
 /// Applies the pool's events after `from` up to and including `until`, in
-/// order, and returns the seq it ended at (earlier than `until` when the
-/// history is shorter).
+/// order.
 pub(super) async fn replay(
     journal: &Journal,
     id: &PoolId,
     live: &mut LivePool,
     from: SeqNr,
     until: SeqNr,
-) -> Result<SeqNr, ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let mut seq = from;
+    let mut payload_bytes = 0;
     while seq < until {
         let page = journal
             .events(id, seq, PAGE.min(until.0 - seq.0))
@@ -78,9 +86,13 @@ pub(super) async fn replay(
                     error,
                 })?;
             seq = event.seq_nr;
+            payload_bytes += event.payload.get().len();
         }
         // A long history must not hold a worker for its whole length.
         tokio::task::yield_now().await;
     }
-    Ok(seq)
+    Ok(Replayed {
+        end: seq,
+        payload_bytes,
+    })
 }

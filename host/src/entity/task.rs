@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
 use super::remembered::Remembered;
-use super::replay::{ReplayError, replay};
+use super::replay::{ReplayError, Replayed, replay};
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
 use prometheus_client::metrics::histogram::Histogram;
@@ -244,8 +244,8 @@ impl Entity {
                 (live, SeqNr(0), 0)
             }
         };
-        let seq = match replay(journal, id, &mut live, snapshot_seq, SeqNr(i64::MAX)).await {
-            Ok(seq) => seq,
+        let replayed = match replay(journal, id, &mut live, snapshot_seq, SeqNr(i64::MAX)).await {
+            Ok(replayed) => replayed,
             Err(ReplayError::Journal(error)) => return Err(Error::Journal(error)),
             // A deadline can pass on a busy machine: that is no reason to
             // fail the pool, only this attempt.
@@ -278,7 +278,7 @@ impl Entity {
             journal.clear_failed(id).await?;
         }
         tracing::info!(
-            seq_nr = seq.0,
+            seq_nr = replayed.end.0,
             from_snapshot = snapshot_seq.0,
             took_ms = started.elapsed().as_millis() as u64,
             "pool recovered"
@@ -304,10 +304,11 @@ impl Entity {
                 digest: plugin.digest().to_owned(),
             }),
             live,
-            seq,
+            seq: replayed.end,
             snapshot_seq,
             snapshot_bytes,
-            tail_bytes: 0,
+            // The events after the snapshot count towards the next one.
+            tail_bytes: replayed.payload_bytes,
             outcomes,
             fence,
         })
@@ -670,8 +671,8 @@ async fn replay_into(
         }
     };
     match replay(&runtime.journal, id, &mut live, SeqNr(0), end).await {
-        Ok(seq) if seq == end => {}
-        Ok(seq) => {
+        Ok(replayed) if replayed.end == end => {}
+        Ok(Replayed { end: seq, .. }) => {
             return Err(SwapError {
                 retryable: true,
                 reason: format!("the journal ends at {seq}, the pool at {end}"),

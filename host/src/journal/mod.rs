@@ -648,6 +648,10 @@ impl Journal {
     /// The commit does not wait for its flush to disk: a snapshot only
     /// spares a recovery some events, so one lost in a crash of PostgreSQL
     /// costs that recovery time, never data.
+    ///
+    /// The pool's older snapshots in the same state version are thinned in
+    /// the same transaction (see [`snapshots::thinned_out`]); those of other
+    /// state versions are left for a rollback.
     pub async fn save_snapshot_on(
         &self,
         conn: &mut PgConnection,
@@ -671,6 +675,23 @@ impl Journal {
         .bind(&snapshot.bytes)
         .execute(&mut *tx)
         .await?;
+        let older: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq_nr FROM snapshots WHERE pool_id = $1 AND state_version = $2 AND seq_nr < $3
+             ORDER BY seq_nr DESC",
+        )
+        .bind(id.as_str())
+        .bind(snapshot.state_version as i32)
+        .bind(seq_nr.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        let thinned = snapshots::thinned_out(seq_nr.0, &older);
+        if !thinned.is_empty() {
+            sqlx::query("DELETE FROM snapshots WHERE pool_id = $1 AND seq_nr = ANY($2)")
+                .bind(id.as_str())
+                .bind(&thinned)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
