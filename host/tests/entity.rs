@@ -51,6 +51,15 @@ async fn runtime(url: &str, settings: Settings) -> Runtime {
     runtime
 }
 
+/// Default settings, but a snapshot once this many events are appended
+/// (and outweigh the last one).
+fn snapshotting_every(events: u64) -> Settings {
+    Settings {
+        snapshot_every: events,
+        ..Settings::default()
+    }
+}
+
 async fn quota(runtime: &Runtime, id: &str, units: u64) -> PoolId {
     let id = pool(id);
     let config = raw(json!({ "name": id.as_str(), "units": units }));
@@ -124,14 +133,7 @@ fn a_crash_loses_nothing_acknowledged() {
     let host = tokio::runtime::Runtime::new().unwrap();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
     let id = host.block_on(async {
-        let runtime = runtime(
-            &url,
-            Settings {
-                snapshot_every: 7,
-                ..Settings::default()
-            },
-        )
-        .await;
+        let runtime = runtime(&url, snapshotting_every(7)).await;
         let id = quota(&runtime, "crashing", 1_000_000).await;
         for worker in 0..8 {
             let (runtime, id, acked) = (runtime.clone(), id.clone(), acked.clone());
@@ -178,14 +180,7 @@ fn a_crash_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_tail_equal_full_replay() {
     let url = common::database().await;
-    let runtime = runtime(
-        &url,
-        Settings {
-            snapshot_every: 10,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let runtime = runtime(&url, snapshotting_every(10)).await;
     let id = quota(&runtime, "snapshots", 100).await;
     for i in 0..35 {
         runtime
@@ -227,14 +222,7 @@ async fn snapshot_and_tail_equal_full_replay() {
 async fn snapshots_wait_for_events_that_outweigh_the_last() {
     use sqlx::Connection;
     let url = common::database().await;
-    let runtime = runtime(
-        &url,
-        Settings {
-            snapshot_every: 1,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let runtime = runtime(&url, snapshotting_every(1)).await;
     // Each reservation adds to the state, so the state soon outweighs an event.
     let id = quota(&runtime, "outweighed", 1_000).await;
     for i in 0..150 {
@@ -299,10 +287,7 @@ async fn snapshots_wait_for_events_that_outweigh_the_last() {
 async fn a_recovered_tail_counts_towards_the_next_snapshot() {
     use sqlx::Connection;
     let url = common::database().await;
-    let rarely = Settings {
-        snapshot_every: 1_000_000,
-        ..Settings::default()
-    };
+    let rarely = snapshotting_every(1_000_000);
     let reserve_from = |runtime: Runtime, id: PoolId, range: std::ops::Range<u32>| async move {
         for i in range {
             let outcome = runtime.execute(&id, reserve(&format!("r{i}"), 1)).await;
@@ -323,14 +308,7 @@ async fn a_recovered_tail_counts_towards_the_next_snapshot() {
         .await
         .unwrap();
 
-    let runtime = runtime(
-        &url,
-        Settings {
-            snapshot_every: 1,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let runtime = runtime(&url, snapshotting_every(1)).await;
     let outcome = runtime.execute(&id, reserve("r150", 1)).await.unwrap();
     assert!(outcome.is_accepted());
     let deadline = Instant::now() + Duration::from_secs(10);
