@@ -83,6 +83,14 @@ pub struct BenchArgs {
     /// when not given.
     #[arg(long)]
     writers: Option<usize>,
+    /// How long one of Allot's appends runs before a further one may start
+    /// beside it (`[entities] overlap_after_ms`); its default when not given.
+    #[arg(long, value_parser = parse_duration)]
+    overlap_after: Option<Duration>,
+    /// Most pools' batches in one of Allot's group commits (`[entities]
+    /// max_group`); its default when not given.
+    #[arg(long)]
+    max_group: Option<usize>,
     /// How long Allot honours retries (`[entities]
     /// idempotency_window_seconds`); its default when not given. Its memory
     /// follows reservations per window.
@@ -423,6 +431,12 @@ impl Bench {
                         config.push_str("[entities]\n");
                         if let Some(writers) = args.writers {
                             writeln!(config, "writers = {writers}")?;
+                        }
+                        if let Some(overlap) = args.overlap_after {
+                            writeln!(config, "overlap_after_ms = {}", overlap.as_millis())?;
+                        }
+                        if let Some(max_group) = args.max_group {
+                            writeln!(config, "max_group = {max_group}")?;
                         }
                         if let Some(window) = args.idempotency_window {
                             let seconds = window.as_secs().max(1);

@@ -32,8 +32,11 @@ pub struct Settings {
     /// An entity with no command for this long is passivated: snapshotted,
     /// its instance dropped. The next command re-activates it.
     pub idle_after: Duration,
-    /// Transactions writing batches at the same time (group commit).
+    /// Most transactions writing batches at the same time (group commit).
     pub writers: usize,
+    /// A further transaction starts beside those in flight once the newest
+    /// has run this long: on a slow disk, appends overlap their flushes.
+    pub overlap_after: Duration,
     /// Most pools' batches written in one transaction.
     pub max_group: usize,
     /// How long the first outcome of a keyed command is kept: a retry
@@ -51,7 +54,8 @@ impl Default for Settings {
             max_batch: 512,
             snapshot_every: 1000,
             idle_after: Duration::from_secs(600),
-            writers: 1,
+            writers: 4,
+            overlap_after: Duration::from_millis(5),
             max_group: 256,
             idempotency_window: Duration::from_secs(3600),
             view_row_interval: Duration::from_millis(500),
@@ -110,7 +114,12 @@ impl Runtime {
     pub fn new(journal: Journal, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
-                committer: Committer::start(journal.clone(), settings.writers, settings.max_group),
+                committer: Committer::start(
+                    journal.clone(),
+                    settings.writers,
+                    settings.max_group,
+                    settings.overlap_after,
+                ),
                 views: ViewWriter::start(journal.clone(), settings.view_row_interval),
                 snapshots: SnapshotWriter::start(journal.clone()),
                 journal,

@@ -944,6 +944,11 @@ impl HeldConnection {
         Ok(&mut **self.conn.insert(conn))
     }
 
+    /// Hands the connection back to the pool.
+    pub(crate) fn release(&mut self) {
+        self.conn = None;
+    }
+
     /// After a statement: if it failed other than by the server's refusal,
     /// the connection may be broken, so it is closed and the next statement
     /// gets another.

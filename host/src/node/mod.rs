@@ -175,9 +175,15 @@ pub struct EntityConfig {
     pub snapshot_every: u64,
     /// Seconds without a command after which a pool is passivated.
     pub idle_after_seconds: u64,
-    /// Group-commit writers: appends in flight at once, each carrying the
-    /// batches of every pool that queued meanwhile.
+    /// Group-commit writers: most appends in flight at once, each carrying
+    /// the batches of every pool that queued meanwhile.
     pub writers: usize,
+    /// Milliseconds an append runs before a further one may start beside
+    /// it: appends overlap only on a disk slower to flush than this.
+    pub overlap_after_ms: u64,
+    /// Most pools' batches one writer puts in a transaction: with a slow
+    /// disk, a writer appends at most this many batches per flush.
+    pub max_group: usize,
     /// Seconds a retry of a keyed command (a reservation id, an
     /// idempotency key) gets its first outcome.
     pub idempotency_window_seconds: u64,
@@ -195,6 +201,8 @@ impl Default for EntityConfig {
             snapshot_every: settings.snapshot_every,
             idle_after_seconds: settings.idle_after.as_secs(),
             writers: settings.writers,
+            overlap_after_ms: settings.overlap_after.as_millis() as u64,
+            max_group: settings.max_group,
             idempotency_window_seconds: settings.idempotency_window.as_secs(),
             view_row_interval_ms: settings.view_row_interval.as_millis() as u64,
         }
@@ -209,11 +217,12 @@ impl EntityConfig {
             snapshot_every: self.snapshot_every.max(1),
             idle_after: std::time::Duration::from_secs(self.idle_after_seconds.max(1)),
             writers: self.writers.max(1),
+            overlap_after: std::time::Duration::from_millis(self.overlap_after_ms),
+            max_group: self.max_group.max(1),
             idempotency_window: std::time::Duration::from_secs(
                 self.idempotency_window_seconds.max(1),
             ),
             view_row_interval: std::time::Duration::from_millis(self.view_row_interval_ms),
-            ..entity::Settings::default()
         }
     }
 }
