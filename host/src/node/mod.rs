@@ -590,3 +590,28 @@ async fn start_postgres(dir: PathBuf) -> Result<EmbeddedPostgres> {
         .map_err(|e| Error::Journal(journal::Error::Database(e)))?;
     Ok(postgres)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_is_configured_in_the_entities_section() {
+        let config: Config =
+            toml::from_str("[entities]\nwriters = 2\noverlap_after_ms = 20\nmax_group = 1024\n")
+                .unwrap();
+        let settings = config.entities.settings();
+        assert_eq!(settings.writers, 2);
+        assert_eq!(settings.overlap_after, std::time::Duration::from_millis(20));
+        assert_eq!(settings.max_group, 1024);
+
+        let defaults = Config::default().entities.settings();
+        let expected = entity::Settings::default();
+        assert_eq!(defaults.writers, expected.writers);
+        assert_eq!(defaults.overlap_after, expected.overlap_after);
+        assert_eq!(defaults.max_group, expected.max_group);
+
+        let wrong = toml::from_str::<Config>("[entities]\noverlap_after = 20\n").unwrap_err();
+        assert!(wrong.to_string().contains("overlap_after"), "{wrong}");
+    }
+}
