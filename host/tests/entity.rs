@@ -112,6 +112,52 @@ async fn concurrent_reservations_never_overbook() {
     assert_eq!(usage(&fresh, &id).await, (50, 50));
 }
 
+/// Appends on every group-commit writer at once (each starting beside the
+/// others without waiting) lose no answer and overbook no pool, and the
+/// writers that give their connections back leave the journal's few
+/// connections usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_appends_on_every_writer_lose_nothing() {
+    let url = common::database().await;
+    let settings = Settings {
+        writers: 4,
+        overlap_after: Duration::ZERO,
+        ..Settings::default()
+    };
+    let runtime = runtime(&url, settings).await;
+    let mut pools = Vec::new();
+    for p in 0..40 {
+        pools.push(quota(&runtime, &format!("overlap-{p}"), 5).await);
+    }
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let (runtime, id) = (runtime.clone(), pools[i % pools.len()].clone());
+            tokio::spawn(async move { runtime.execute(&id, reserve(&format!("r{i}"), 1)).await })
+        })
+        .collect();
+    let (mut accepted, mut full) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Outcome::Accepted { .. } => accepted += 1,
+            Outcome::Rejected { problem } if problem.code == "quota_exhausted" => full += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((accepted, full), (200, 200));
+    for id in &pools {
+        assert_eq!(usage(&runtime, id).await, (5, 5));
+    }
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM events WHERE pool_id LIKE 'overlap-%'"
+        )
+        .await,
+        200
+    );
+    runtime.shutdown().await;
+}
+
 async fn runtime_without_snapshots(url: &str) -> Runtime {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();

@@ -433,6 +433,10 @@ impl Bench {
                             writeln!(config, "writers = {writers}")?;
                         }
                         if let Some(overlap) = args.overlap_after {
+                            anyhow::ensure!(
+                                overlap.subsec_nanos() % 1_000_000 == 0,
+                                "--overlap-after is set in whole milliseconds"
+                            );
                             writeln!(config, "overlap_after_ms = {}", overlap.as_millis())?;
                         }
                         if let Some(max_group) = args.max_group {

@@ -6,14 +6,13 @@
 //! grouping comes from the commits in flight, during which the next batches
 //! queue up — the busier the node, the larger the groups.
 //!
-//! A further transaction starts beside those in flight only once the newest
-//! of them has run for `overlap_after`. On a disk that flushes quickly, one
-//! transaction at a time takes everything that queued meanwhile, in the
-//! fewest commits, and always on the first writer's connection. On a disk that takes tens of milliseconds to flush, the
-//! next transaction's statement runs while the last waits for its flush,
-//! and PostgreSQL flushes their commits together: a node appends as many
-//! batches per flush as the writers carry, instead of waiting out one
-//! flush after another.
+//! A further transaction starts beside those in flight only once the latest
+//! of them has run for `overlap_after`. While appends take less than that,
+//! one transaction at a time takes everything that queued meanwhile, in the
+//! fewest commits, on the first writer's connection. When they take longer
+//! (a disk slow to flush, a large group, a stall), the next transaction's
+//! statement runs while the last waits for its flush, and PostgreSQL can
+//! flush their commits together instead of one after another.
 
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
@@ -78,7 +77,7 @@ struct Writers {
 
 struct InFlight {
     busy: Vec<bool>,
-    /// When the newest transaction in flight started.
+    /// When the latest transaction started (it may have ended since).
     newest: Instant,
 }
 
@@ -176,11 +175,12 @@ async fn write(
     while let Some(group) = groups.recv().await {
         let (batches, replies): (Vec<Append>, Vec<_>) = group.into_iter().unzip();
         let started = Instant::now();
+        let writing = Writing(&writers, k);
         let results = match conn.get().await {
             Ok(held) => journal.append_many_on(held, &batches).await,
             Err(error) => batches.iter().map(|_| Err(error.duplicate())).collect(),
         };
-        writers.ended(k);
+        drop(writing);
         for result in &results {
             conn.check(result);
         }
@@ -195,6 +195,17 @@ async fn write(
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
+    }
+}
+
+/// Writer `k` is busy while this lives: also when the append panics, so
+/// that the dispatcher does not wait for it forever (it then finds the
+/// writer gone and stops, and appends fail as when the committer closes).
+struct Writing<'a>(&'a Writers, usize);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.ended(self.1);
     }
 }
 

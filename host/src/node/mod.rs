@@ -179,7 +179,8 @@ pub struct EntityConfig {
     /// the batches of every pool that queued meanwhile.
     pub writers: usize,
     /// Milliseconds an append runs before a further one may start beside
-    /// it: appends overlap only on a disk slower to flush than this.
+    /// it: appends overlap only when they take longer than this, as on a
+    /// disk slow to flush.
     pub overlap_after_ms: u64,
     /// Most pools' batches one writer puts in a transaction: with a slow
     /// disk, a writer appends at most this many batches per flush.
