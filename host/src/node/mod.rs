@@ -597,6 +597,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/allot.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tokens.len(), 3);
+        assert_eq!(config.drain_seconds, 5);
+        assert_eq!(config.entities.writers, 4);
+    }
+
+    #[test]
     fn group_commit_is_configured_in_the_entities_section() {
         let config: Config =
             toml::from_str("[entities]\nwriters = 2\noverlap_after_ms = 20\nmax_group = 1024\n")
