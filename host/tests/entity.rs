@@ -82,15 +82,12 @@ async fn count(url: &str, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
 }
 
-/// Hundreds of concurrent reservations against capacity K: exactly K succeed, the journal agrees.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_reservations_never_overbook() {
-    let url = common::database().await;
-    let runtime = runtime(&url, Settings::default()).await;
-    let id = quota(&runtime, "concurrent", 50).await;
-    let tasks: Vec<_> = (0..400)
+/// Sends `n` reservations of one unit at once, dealt to `pools` in turn;
+/// (accepted, refused as exhausted). Any other outcome fails the test.
+async fn reserve_at_once(runtime: &Runtime, pools: &[PoolId], n: usize) -> (usize, usize) {
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let (runtime, id) = (runtime.clone(), id.clone());
+            let (runtime, id) = (runtime.clone(), pools[i % pools.len()].clone());
             tokio::spawn(async move { runtime.execute(&id, reserve(&format!("r{i}"), 1)).await })
         })
         .collect();
@@ -102,7 +99,19 @@ async fn concurrent_reservations_never_overbook() {
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert_eq!((accepted, full), (50, 350));
+    (accepted, full)
+}
+
+/// Hundreds of concurrent reservations against capacity K: exactly K succeed, the journal agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_never_overbook() {
+    let url = common::database().await;
+    let runtime = runtime(&url, Settings::default()).await;
+    let id = quota(&runtime, "concurrent", 50).await;
+    assert_eq!(
+        reserve_at_once(&runtime, std::slice::from_ref(&id), 400).await,
+        (50, 350)
+    );
     assert_eq!(usage(&runtime, &id).await, (50, 50));
     assert_eq!(count(&url, "SELECT count(*) FROM events").await, 50);
 
@@ -129,21 +138,7 @@ async fn overlapping_appends_on_every_writer_lose_nothing() {
     for p in 0..40 {
         pools.push(quota(&runtime, &format!("overlap-{p}"), 5).await);
     }
-    let tasks: Vec<_> = (0..400)
-        .map(|i| {
-            let (runtime, id) = (runtime.clone(), pools[i % pools.len()].clone());
-            tokio::spawn(async move { runtime.execute(&id, reserve(&format!("r{i}"), 1)).await })
-        })
-        .collect();
-    let (mut accepted, mut full) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap().unwrap() {
-            Outcome::Accepted { .. } => accepted += 1,
-            Outcome::Rejected { problem } if problem.code == "quota_exhausted" => full += 1,
-            other => panic!("unexpected outcome {other:?}"),
-        }
-    }
-    assert_eq!((accepted, full), (200, 200));
+    assert_eq!(reserve_at_once(&runtime, &pools, 400).await, (200, 200));
     for id in &pools {
         assert_eq!(usage(&runtime, id).await, (5, 5));
     }

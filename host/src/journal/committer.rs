@@ -216,6 +216,12 @@ mod tests {
     const LONG: Duration = Duration::from_secs(30);
     const PATIENCE: Duration = Duration::from_secs(5);
 
+    /// Awaits `future`, failing with `what` unless it is done within
+    /// [`PATIENCE`].
+    async fn soon<T>(future: impl Future<Output = T>, what: &str) -> T {
+        tokio::time::timeout(PATIENCE, future).await.expect(what)
+    }
+
     /// Whether `turn` is still waiting after a while.
     async fn waits(writers: &Arc<Writers>) -> tokio::task::JoinHandle<()> {
         let waiting = tokio::spawn({
@@ -231,9 +237,7 @@ mod tests {
     async fn a_transaction_starts_at_once_on_the_first_writer_when_none_is_in_flight() {
         let writers = Writers::new(4, LONG);
         for _ in 0..3 {
-            tokio::time::timeout(PATIENCE, writers.turn())
-                .await
-                .expect("no wait");
+            soon(writers.turn(), "no wait").await;
             assert_eq!(writers.start(), 0);
             writers.ended(0);
         }
@@ -245,9 +249,8 @@ mod tests {
         assert_eq!(writers.start(), 0);
         let waiting = waits(&writers).await;
         writers.ended(0);
-        tokio::time::timeout(PATIENCE, waiting)
+        soon(waiting, "starts once the one in flight ended")
             .await
-            .expect("starts once the one in flight ended")
             .unwrap();
         assert_eq!(writers.start(), 0);
     }
@@ -258,16 +261,12 @@ mod tests {
         let writers = Writers::new(4, overlap);
         let first = Instant::now();
         assert_eq!(writers.start(), 0);
-        tokio::time::timeout(PATIENCE, writers.turn())
-            .await
-            .expect("starts beside a slow one");
+        soon(writers.turn(), "starts beside a slow one").await;
         assert!(first.elapsed() >= overlap);
         // Two in flight: the wait counts from the newer.
         let second = Instant::now();
         assert_eq!(writers.start(), 1);
-        tokio::time::timeout(PATIENCE, writers.turn())
-            .await
-            .expect("starts beside two slow ones");
+        soon(writers.turn(), "starts beside two slow ones").await;
         assert!(second.elapsed() >= overlap);
         // The first free writer is taken.
         writers.ended(0);
@@ -281,10 +280,7 @@ mod tests {
         assert_eq!(writers.start(), 1);
         let waiting = waits(&writers).await;
         writers.ended(1);
-        tokio::time::timeout(PATIENCE, waiting)
-            .await
-            .expect("starts once a writer is free")
-            .unwrap();
+        soon(waiting, "starts once a writer is free").await.unwrap();
         assert_eq!(writers.start(), 1);
     }
 }
