@@ -64,6 +64,8 @@ pub struct Metrics {
     pub group_size: Histogram,
     /// Time to append one group to PostgreSQL.
     pub append_seconds: Histogram,
+    /// Appends started beside others in flight, on an extra writer.
+    pub overlapping_appends: Counter,
     /// Read-model rows written per statement of the view writer.
     pub view_rows: Histogram,
     /// Time of one statement of the view writer.
@@ -158,6 +160,7 @@ impl Metrics {
             batch_size: sizes(),
             group_size: sizes(),
             append_seconds: latency(),
+            overlapping_appends: Counter::default(),
             view_rows: sizes(),
             view_write_seconds: latency(),
             view_rows_refused: Counter::default(),
@@ -197,6 +200,11 @@ impl Metrics {
             "allot_journal_append_duration_seconds",
             "Time to append one group commit to PostgreSQL",
             metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "allot_journal_overlapping_appends",
+            "Group commits started beside others in flight, on an extra writer",
+            metrics.overlapping_appends.clone(),
         );
         registry.register(
             "allot_view_rows_written",

@@ -123,8 +123,8 @@ async fn concurrent_reservations_never_overbook() {
 
 /// Appends on every group-commit writer at once (each starting beside the
 /// others without waiting) lose no answer and overbook no pool, and the
-/// writers that give their connections back leave the journal's few
-/// connections usable.
+/// extra writers, which write on connections left idle in the pool, leave
+/// the journal's few connections usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_appends_on_every_writer_lose_nothing() {
     let url = common::database().await;
@@ -134,11 +134,17 @@ async fn overlapping_appends_on_every_writer_lose_nothing() {
         ..Settings::default()
     };
     let runtime = runtime(&url, settings).await;
+    let overlapping = &allot_host::metrics::metrics().overlapping_appends;
+    let overlapped_before = overlapping.get();
     let mut pools = Vec::new();
     for p in 0..40 {
         pools.push(quota(&runtime, &format!("overlap-{p}"), 5).await);
     }
     assert_eq!(reserve_at_once(&runtime, &pools, 400).await, (200, 200));
+    assert!(
+        overlapping.get() > overlapped_before,
+        "no append overlapped"
+    );
     for id in &pools {
         assert_eq!(usage(&runtime, id).await, (5, 5));
     }

@@ -17,12 +17,18 @@
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Append, HeldConnection, Journal, Result};
 use crate::ids::SeqNr;
 
 type Job = (Append, oneshot::Sender<Result<SeqNr>>);
+
+/// The batches of one transaction, with the connection to write them on
+/// when the writer has none of its own.
+type Group = (Vec<Job>, Option<PoolConnection<Postgres>>);
 
 /// Hands batches to the group writers. Cheap to clone.
 #[derive(Clone)]
@@ -51,7 +57,7 @@ impl Committer {
                 group
             })
             .collect();
-        tokio::spawn(dispatch(jobs, shared, groups, max_group));
+        tokio::spawn(dispatch(journal, jobs, shared, groups, max_group));
         Self { queue }
     }
 
@@ -81,6 +87,24 @@ struct InFlight {
     newest: Instant,
 }
 
+/// What a transaction that may not start yet waits for.
+enum Wait {
+    /// A connection for an extra writer, or the first writer to be free.
+    ForConnection,
+    /// The newest transaction to have run long enough, or one to end.
+    Until(Instant),
+    /// A transaction to end.
+    ForWriter,
+}
+
+impl InFlight {
+    fn start(&mut self, k: usize) -> usize {
+        self.busy[k] = true;
+        self.newest = Instant::now();
+        k
+    }
+}
+
 impl Writers {
     fn new(writers: usize, overlap_after: Duration) -> Self {
         Self {
@@ -93,42 +117,58 @@ impl Writers {
         }
     }
 
-    /// Waits until a transaction may start: at once when none is in flight;
-    /// beside others once the newest has run for `overlap_after` and a
-    /// writer is free. Batches queue up meanwhile.
-    async fn turn(&self) {
+    /// Waits until a transaction may start, marks its writer busy and names
+    /// it. A transaction starts at once when none is in flight, and beside
+    /// others only once the newest has run for `overlap_after`. It goes to
+    /// the first writer, which keeps a connection of its own, whenever that
+    /// one is free; to another only with a connection from `spare` (the
+    /// node's pool), handed over with the group. Should the first writer
+    /// be done before a connection is to be had, it takes the group: an
+    /// extra writer never holds up a group waiting for a connection.
+    async fn turn<C, F>(&self, spare: impl Fn() -> F) -> (usize, Option<C>)
+    where
+        F: Future<Output = Option<C>>,
+    {
         loop {
-            let finished = self.finished.notified();
-            let due = {
-                let in_flight = self.in_flight.lock().expect("in flight");
-                let busy = in_flight.busy.iter().filter(|b| **b).count();
-                if busy == 0 {
-                    return;
+            let mut finished = std::pin::pin!(self.finished.notified());
+            let wait = {
+                let mut in_flight = self.in_flight.lock().expect("in flight");
+                let free = in_flight.busy.iter().filter(|b| !**b).count();
+                let due = in_flight.newest + self.overlap_after;
+                if free == in_flight.busy.len() || (free > 0 && due <= Instant::now()) {
+                    if !in_flight.busy[0] {
+                        return (in_flight.start(0), None);
+                    }
+                    Wait::ForConnection
+                } else if free > 0 {
+                    Wait::Until(due)
+                } else {
+                    Wait::ForWriter
                 }
-                (busy < in_flight.busy.len()).then_some(in_flight.newest + self.overlap_after)
             };
-            match due {
-                Some(due) if due <= Instant::now() => return,
-                Some(due) => tokio::select! {
-                    () = finished => {}
-                    () = tokio::time::sleep_until(due.into()) => return,
+            match wait {
+                Wait::ForConnection => tokio::select! {
+                    biased;
+                    () = &mut finished => {}
+                    conn = spare() => match conn {
+                        Some(conn) => {
+                            let mut in_flight = self.in_flight.lock().expect("in flight");
+                            let k = in_flight.busy.iter().position(|b| !*b);
+                            let k = in_flight.start(k.expect("writers only get free"));
+                            return (k, (k > 0).then_some(conn));
+                        }
+                        // None to be had (the database is gone): until the
+                        // first writer is free, to fail the group there.
+                        None => finished.await,
+                    },
                 },
-                None => finished.await,
+                Wait::Until(due) => tokio::select! {
+                    () = finished => {}
+                    () = tokio::time::sleep_until(due.into()) => {}
+                },
+                Wait::ForWriter => finished.await,
             }
         }
-    }
-
-    /// Marks the first free writer busy and names it. Only after [`turn`](Self::turn).
-    fn start(&self) -> usize {
-        let mut in_flight = self.in_flight.lock().expect("in flight");
-        let k = in_flight
-            .busy
-            .iter()
-            .position(|b| !*b)
-            .expect("a free writer after its turn");
-        in_flight.busy[k] = true;
-        in_flight.newest = Instant::now();
-        k
     }
 
     fn ended(&self, k: usize) {
@@ -138,44 +178,48 @@ impl Writers {
 }
 
 /// Takes whatever batches are waiting, up to `max_group`, whenever a
-/// transaction may start, and hands them to the first free writer.
+/// transaction may start, and hands them to the writer whose turn it is.
 async fn dispatch(
+    journal: Journal,
     mut jobs: mpsc::Receiver<Job>,
     writers: Arc<Writers>,
-    groups: Vec<mpsc::Sender<Vec<Job>>>,
+    groups: Vec<mpsc::Sender<Group>>,
     max_group: usize,
 ) {
     while let Some(job) = jobs.recv().await {
         let mut group = vec![job];
-        writers.turn().await;
+        let (k, spare) = writers.turn(|| journal.spare_connection()).await;
         while group.len() < max_group {
             match jobs.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
         }
-        let k = writers.start();
-        if groups[k].send(group).await.is_err() {
+        if groups[k].send((group, spare)).await.is_err() {
             return;
         }
     }
 }
 
 /// Writes writer `k`'s groups. The first writer keeps its connection; the
-/// others, which only write while appends are slow, hand theirs back after
-/// each transaction, so that they do not keep connections from the rest of
-/// the node.
+/// others, which only write while appends are slow, write on the one that
+/// comes with each group and hand it back after the transaction.
 async fn write(
     journal: Journal,
     writers: Arc<Writers>,
     k: usize,
-    mut groups: mpsc::Receiver<Vec<Job>>,
+    mut groups: mpsc::Receiver<Group>,
 ) {
     let mut conn = HeldConnection::new(&journal);
-    while let Some(group) = groups.recv().await {
+    while let Some((group, spare)) = groups.recv().await {
         let (batches, replies): (Vec<Append>, Vec<_>) = group.into_iter().unzip();
         let started = Instant::now();
         let writing = Writing(&writers, k);
+        let lent = spare.is_some();
+        if let Some(spare) = spare {
+            conn.hold(spare);
+            crate::metrics::metrics().overlapping_appends.inc();
+        }
         let results = match conn.get().await {
             Ok(held) => journal.append_many_on(held, &batches).await,
             Err(error) => batches.iter().map(|_| Err(error.duplicate())).collect(),
@@ -184,7 +228,7 @@ async fn write(
         for result in &results {
             conn.check(result);
         }
-        if k > 0 {
+        if lent {
             conn.release();
         }
         let metrics = crate::metrics::metrics();
@@ -213,6 +257,8 @@ impl Drop for Writing<'_> {
 mod tests {
     use super::*;
 
+    use futures::future::BoxFuture;
+
     const LONG: Duration = Duration::from_secs(30);
     const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -222,23 +268,35 @@ mod tests {
         tokio::time::timeout(PATIENCE, future).await.expect(what)
     }
 
+    /// A connection for an extra writer, or one never to be had.
+    fn spare(found: bool) -> impl Fn() -> BoxFuture<'static, Option<()>> {
+        move || match found {
+            true => Box::pin(std::future::ready(Some(()))),
+            false => Box::pin(std::future::pending()),
+        }
+    }
+
     /// Whether `turn` is still waiting after a while.
-    async fn waits(writers: &Arc<Writers>) -> tokio::task::JoinHandle<()> {
+    async fn waits(writers: &Arc<Writers>, found: bool) -> tokio::task::JoinHandle<usize> {
         let waiting = tokio::spawn({
             let writers = writers.clone();
-            async move { writers.turn().await }
+            async move { writers.turn(spare(found)).await.0 }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished(), "a transaction started too soon");
         waiting
     }
 
+    /// Starts a transaction, which must not wait long, on writer `k`.
+    async fn starts(writers: &Writers, k: usize, what: &str) {
+        assert_eq!(soon(writers.turn(spare(true)), what).await.0, k);
+    }
+
     #[tokio::test]
     async fn a_transaction_starts_at_once_on_the_first_writer_when_none_is_in_flight() {
         let writers = Writers::new(4, LONG);
         for _ in 0..3 {
-            soon(writers.turn(), "no wait").await;
-            assert_eq!(writers.start(), 0);
+            starts(&writers, 0, "no wait").await;
             writers.ended(0);
         }
     }
@@ -246,13 +304,11 @@ mod tests {
     #[tokio::test]
     async fn a_further_transaction_waits_until_the_last_ends() {
         let writers = Arc::new(Writers::new(4, LONG));
-        assert_eq!(writers.start(), 0);
-        let waiting = waits(&writers).await;
+        starts(&writers, 0, "no wait").await;
+        let waiting = waits(&writers, true).await;
         writers.ended(0);
-        soon(waiting, "starts once the one in flight ended")
-            .await
-            .unwrap();
-        assert_eq!(writers.start(), 0);
+        let k = soon(waiting, "starts once the one in flight ended").await;
+        assert_eq!(k.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -260,27 +316,35 @@ mod tests {
         let overlap = Duration::from_millis(200);
         let writers = Writers::new(4, overlap);
         let first = Instant::now();
-        assert_eq!(writers.start(), 0);
-        soon(writers.turn(), "starts beside a slow one").await;
+        starts(&writers, 0, "no wait").await;
+        starts(&writers, 1, "starts beside a slow one").await;
         assert!(first.elapsed() >= overlap);
-        // Two in flight: the wait counts from the newer.
+        // Two in flight: the wait counts from the newer, and the first
+        // writer is taken whenever it is free.
         let second = Instant::now();
-        assert_eq!(writers.start(), 1);
-        soon(writers.turn(), "starts beside two slow ones").await;
-        assert!(second.elapsed() >= overlap);
-        // The first free writer is taken.
         writers.ended(0);
-        assert_eq!(writers.start(), 0);
+        starts(&writers, 0, "starts beside two slow ones").await;
+        assert!(second.elapsed() >= overlap);
     }
 
     #[tokio::test]
     async fn no_transaction_starts_while_every_writer_is_busy() {
         let writers = Arc::new(Writers::new(2, Duration::from_millis(1)));
-        assert_eq!(writers.start(), 0);
-        assert_eq!(writers.start(), 1);
-        let waiting = waits(&writers).await;
+        starts(&writers, 0, "no wait").await;
+        starts(&writers, 1, "starts beside a slow one").await;
+        let waiting = waits(&writers, true).await;
         writers.ended(1);
-        soon(waiting, "starts once a writer is free").await.unwrap();
-        assert_eq!(writers.start(), 1);
+        let k = soon(waiting, "starts once a writer is free").await;
+        assert_eq!(k.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_spare_connection_a_transaction_waits_for_the_first_writer() {
+        let writers = Arc::new(Writers::new(4, Duration::from_millis(1)));
+        starts(&writers, 0, "no wait").await;
+        let waiting = waits(&writers, false).await;
+        writers.ended(0);
+        let k = soon(waiting, "starts once the first writer is free").await;
+        assert_eq!(k.unwrap(), 0);
     }
 }

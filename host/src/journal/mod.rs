@@ -398,6 +398,12 @@ impl Journal {
         }
     }
 
+    /// A connection from the pool for a while, or none if the pool has none
+    /// to give.
+    pub(crate) async fn spare_connection(&self) -> Option<PoolConnection<Postgres>> {
+        self.db.acquire().await.ok()
+    }
+
     /// [`Journal::append_many`] on a connection the caller holds.
     pub async fn append_many_on(
         &self,
@@ -942,6 +948,11 @@ impl HeldConnection {
             None => self.db.acquire().await?,
         };
         Ok(&mut **self.conn.insert(conn))
+    }
+
+    /// Holds a connection from the pool until [`release`](Self::release).
+    pub(crate) fn hold(&mut self, conn: PoolConnection<Postgres>) {
+        self.conn = Some(conn);
     }
 
     /// Hands the connection back to the pool.
