@@ -21,8 +21,8 @@
 //! A row PostgreSQL refuses for what it holds is logged once and remembered:
 //! the same view of the same pool is not tried again, and a later one is.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,23 +108,20 @@ async fn write(
     per_pool: Duration,
 ) {
     let mut conn = HeldConnection::new(&journal);
-    let mut held: HashMap<PoolId, PoolViewRow> = HashMap::new();
+    let mut views = Pending::new(per_pool);
     let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let pending = GaugePart::of(&metrics().view_rows_pending);
-    // When each pool's row was last written, for the pools written within
-    // the interval.
-    let mut written: HashMap<PoolId, Instant> = HashMap::new();
     let mut open = true;
     loop {
-        if held.is_empty() && flushes.is_empty() {
+        if views.held.is_empty() && flushes.is_empty() {
             match messages.recv().await {
-                Some(message) => take(message, &mut held, &mut flushes),
+                Some(message) => take(message, &mut views, &mut flushes),
                 None => return,
             }
         }
         loop {
             match messages.try_recv() {
-                Ok(message) => take(message, &mut held, &mut flushes),
+                Ok(message) => take(message, &mut views, &mut flushes),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
@@ -133,12 +130,12 @@ async fn write(
             }
         }
         let now = Instant::now();
-        written.retain(|_, at| now.duration_since(*at) < per_pool);
         let everything = !flushes.is_empty() || !open;
         let rows: Vec<PoolViewRow> = {
             let refused = refused.lock().expect("refused views");
-            held.extract_if(|pool, _| everything || !written.contains_key(pool))
-                .map(|(_, row)| row)
+            views
+                .due(now, everything)
+                .into_iter()
                 .filter(|row| {
                     refused
                         .get(&row.pool)
@@ -146,11 +143,11 @@ async fn write(
                 })
                 .collect()
         };
-        pending.show(held.len() + rows.len());
+        pending.show(views.held.len() + rows.len());
         match save(&journal, &mut conn, &rows, &refused).await {
             Ok(()) => {
-                pending.show(held.len());
-                written.extend(rows.into_iter().map(|row| (row.pool, now)));
+                pending.show(views.held.len());
+                views.written(rows, now);
                 for flush in flushes.drain(..) {
                     let _ = flush.send(Ok(()));
                 }
@@ -164,9 +161,9 @@ async fn write(
                     let _ = flush.send(Err(error.to_string()));
                 }
                 for row in rows {
-                    keep_latest(&mut held, row);
+                    views.hold(row);
                 }
-                pending.show(held.len());
+                pending.show(views.held.len());
                 if !open {
                     return;
                 }
@@ -178,6 +175,77 @@ async fn write(
             return;
         }
         tokio::time::sleep(GATHER).await;
+    }
+}
+
+/// The views waiting for their rows, and which of them may be written now.
+/// A write costs in proportion to the views it takes and the rows whose
+/// interval ended, not to all the pools held: a node holding many pools
+/// does not go over each of them every round.
+struct Pending {
+    per_pool: Duration,
+    /// The latest view of each pool, not yet written.
+    held: HashMap<PoolId, PoolViewRow>,
+    /// The held pools whose row was not written within the interval.
+    ready: HashSet<PoolId>,
+    /// When each pool whose row was written within the interval was written.
+    recent: HashMap<PoolId, Instant>,
+    /// The same writes in the order they were made, so that the first to
+    /// leave the interval is in front (a pool written again has an entry
+    /// per write; only its latest counts).
+    expiring: VecDeque<(Instant, PoolId)>,
+}
+
+impl Pending {
+    fn new(per_pool: Duration) -> Self {
+        Self {
+            per_pool,
+            held: HashMap::new(),
+            ready: HashSet::new(),
+            recent: HashMap::new(),
+            expiring: VecDeque::new(),
+        }
+    }
+
+    /// Holds a view until its row is written, in place of an earlier one.
+    fn hold(&mut self, row: PoolViewRow) {
+        if !self.recent.contains_key(&row.pool) {
+            self.ready.insert(row.pool.clone());
+        }
+        keep_latest(&mut self.held, row);
+    }
+
+    /// The views to write at `now`: those of pools whose row was not
+    /// written within the interval, or `everything` held.
+    fn due(&mut self, now: Instant, everything: bool) -> Vec<PoolViewRow> {
+        while let Some((at, _)) = self.expiring.front()
+            && now.duration_since(*at) >= self.per_pool
+        {
+            let (at, pool) = self.expiring.pop_front().expect("a front");
+            if self.recent.get(&pool) == Some(&at) {
+                self.recent.remove(&pool);
+                if self.held.contains_key(&pool) {
+                    self.ready.insert(pool);
+                }
+            }
+        }
+        if everything {
+            self.ready.clear();
+            return self.held.drain().map(|(_, row)| row).collect();
+        }
+        let held = &mut self.held;
+        self.ready
+            .drain()
+            .filter_map(|pool| held.remove(&pool))
+            .collect()
+    }
+
+    /// Notes that these views' rows were written at `now`.
+    fn written(&mut self, rows: Vec<PoolViewRow>, now: Instant) {
+        for row in rows {
+            self.recent.insert(row.pool.clone(), now);
+            self.expiring.push_back((now, row.pool));
+        }
     }
 }
 
@@ -276,11 +344,11 @@ fn is_refusal(error: &Error) -> bool {
 
 fn take(
     message: Message,
-    held: &mut HashMap<PoolId, PoolViewRow>,
+    views: &mut Pending,
     flushes: &mut Vec<oneshot::Sender<Result<(), String>>>,
 ) {
     match message {
-        Message::View(row) => keep_latest(held, row),
+        Message::View(row) => views.hold(row),
         Message::Flush(reply) => flushes.push(reply),
     }
 }
@@ -297,5 +365,97 @@ fn keep_latest(held: &mut HashMap<PoolId, PoolViewRow>, row: PoolViewRow) {
         Entry::Vacant(entry) => {
             entry.insert(row);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    const INTERVAL: Duration = Duration::from_millis(500);
+
+    fn row(pool: &str, seq: i64) -> PoolViewRow {
+        PoolViewRow {
+            pool: PoolId::new(pool).unwrap(),
+            capacity_type: Arc::from("test"),
+            seq_nr: SeqNr(seq),
+            view: RawValue::from_string(format!(r#"{{"n": {seq}}}"#)).unwrap(),
+        }
+    }
+
+    fn seqs(mut rows: Vec<PoolViewRow>) -> Vec<(String, i64)> {
+        rows.sort_by(|a, b| a.pool.as_str().cmp(b.pool.as_str()));
+        rows.into_iter()
+            .map(|row| (row.pool.as_str().to_owned(), row.seq_nr.0))
+            .collect()
+    }
+
+    fn pools(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
+        rows.iter().map(|(p, s)| (p.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn a_pool_not_written_lately_is_due_at_once_with_its_latest_view() {
+        let mut views = Pending::new(INTERVAL);
+        let now = Instant::now();
+        views.hold(row("a", 1));
+        views.hold(row("a", 2));
+        views.hold(row("b", 1));
+        let due = views.due(now, false);
+        assert_eq!(seqs(due), pools(&[("a", 2), ("b", 1)]));
+        assert!(views.held.is_empty());
+        assert!(views.due(now, false).is_empty());
+    }
+
+    #[test]
+    fn a_pool_written_within_the_interval_is_held_until_it_ends() {
+        let mut views = Pending::new(INTERVAL);
+        let start = Instant::now();
+        views.hold(row("busy", 1));
+        let rows = views.due(start, false);
+        views.written(rows, start);
+        views.hold(row("busy", 2));
+        views.hold(row("busy", 3));
+        views.hold(row("quiet", 1));
+        let later = start + INTERVAL / 2;
+        assert_eq!(seqs(views.due(later, false)), pools(&[("quiet", 1)]));
+        assert_eq!(views.held.len(), 1, "the busy pool's view is held");
+        let ended = start + INTERVAL;
+        assert_eq!(seqs(views.due(ended, false)), pools(&[("busy", 3)]));
+    }
+
+    #[test]
+    fn a_flush_takes_every_view_and_the_latest_write_counts() {
+        let mut views = Pending::new(INTERVAL);
+        let start = Instant::now();
+        views.hold(row("busy", 1));
+        let rows = views.due(start, false);
+        views.written(rows, start);
+        views.hold(row("busy", 2));
+        let flushed = start + INTERVAL / 2;
+        let rows = views.due(flushed, true);
+        assert_eq!(seqs(rows.clone()), pools(&[("busy", 2)]));
+        views.written(rows, flushed);
+        views.hold(row("busy", 3));
+        // The first write's interval has ended; the flush's has not.
+        assert!(views.due(start + INTERVAL, false).is_empty());
+        assert_eq!(
+            seqs(views.due(flushed + INTERVAL, false)),
+            pools(&[("busy", 3)])
+        );
+    }
+
+    #[test]
+    fn views_that_failed_are_held_again() {
+        let mut views = Pending::new(INTERVAL);
+        let now = Instant::now();
+        views.hold(row("a", 1));
+        let rows = views.due(now, false);
+        views.hold(row("a", 2));
+        for row in rows {
+            views.hold(row);
+        }
+        assert_eq!(seqs(views.due(now, false)), pools(&[("a", 2)]));
     }
 }
