@@ -408,13 +408,19 @@ mod tests {
         assert!(views.due(now, false).is_empty());
     }
 
+    /// Views of which `pool`'s row was written at `at`, as of seq 1.
+    fn written_at(pool: &str, at: Instant) -> Pending {
+        let mut views = Pending::new(INTERVAL);
+        views.hold(row(pool, 1));
+        let rows = views.due(at, false);
+        views.written(rows, at);
+        views
+    }
+
     #[test]
     fn a_pool_written_within_the_interval_is_held_until_it_ends() {
-        let mut views = Pending::new(INTERVAL);
         let start = Instant::now();
-        views.hold(row("busy", 1));
-        let rows = views.due(start, false);
-        views.written(rows, start);
+        let mut views = written_at("busy", start);
         views.hold(row("busy", 2));
         views.hold(row("busy", 3));
         views.hold(row("quiet", 1));
@@ -427,11 +433,8 @@ mod tests {
 
     #[test]
     fn a_flush_takes_every_view_and_the_latest_write_counts() {
-        let mut views = Pending::new(INTERVAL);
         let start = Instant::now();
-        views.hold(row("busy", 1));
-        let rows = views.due(start, false);
-        views.written(rows, start);
+        let mut views = written_at("busy", start);
         views.hold(row("busy", 2));
         let flushed = start + INTERVAL / 2;
         let rows = views.due(flushed, true);
