@@ -124,7 +124,9 @@ impl Writers {
     /// one is free; to another only with a connection from `spare` (the
     /// node's pool), handed over with the group. Should the first writer
     /// be done before a connection is to be had, it takes the group: an
-    /// extra writer never holds up a group waiting for a connection.
+    /// extra writer never holds up a group waiting for a connection. The
+    /// wait for one goes on while other extra writers end, so that a
+    /// connection being opened is not dropped half-way.
     async fn turn<C, F>(&self, spare: impl Fn() -> F) -> (usize, Option<C>)
     where
         F: Future<Output = Option<C>>,
@@ -147,21 +149,32 @@ impl Writers {
                 }
             };
             match wait {
-                Wait::ForConnection => tokio::select! {
-                    biased;
-                    () = &mut finished => {}
-                    conn = spare() => match conn {
-                        Some(conn) => {
-                            let mut in_flight = self.in_flight.lock().expect("in flight");
-                            let k = in_flight.busy.iter().position(|b| !*b);
-                            let k = in_flight.start(k.expect("writers only get free"));
-                            return (k, (k > 0).then_some(conn));
+                Wait::ForConnection => {
+                    let mut conn = std::pin::pin!(spare());
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = &mut finished => {
+                                finished.set(self.finished.notified());
+                                let mut in_flight = self.in_flight.lock().expect("in flight");
+                                if !in_flight.busy[0] {
+                                    return (in_flight.start(0), None);
+                                }
+                            }
+                            conn = &mut conn => match conn {
+                                Some(conn) => {
+                                    let mut in_flight = self.in_flight.lock().expect("in flight");
+                                    let k = in_flight.busy.iter().position(|b| !*b);
+                                    let k = in_flight.start(k.expect("writers only get free"));
+                                    return (k, (k > 0).then_some(conn));
+                                }
+                                // None to be had (the database is gone):
+                                // the first writer fails the group.
+                                None => break finished.await,
+                            },
                         }
-                        // None to be had (the database is gone): until the
-                        // first writer is free, to fail the group there.
-                        None => finished.await,
-                    },
-                },
+                    }
+                }
                 Wait::Until(due) => tokio::select! {
                     () = finished => {}
                     () = tokio::time::sleep_until(due.into()) => {}
@@ -336,6 +349,39 @@ mod tests {
         writers.ended(1);
         let k = soon(waiting, "starts once a writer is free").await;
         assert_eq!(k.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_connection_outlasts_other_writers_ending() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let writers = Arc::new(Writers::new(3, Duration::from_millis(1)));
+        starts(&writers, 0, "no wait").await;
+        starts(&writers, 1, "starts beside a slow one").await;
+        let (calls, opened) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let waiting = tokio::spawn({
+            let (writers, calls, opened) = (writers.clone(), calls.clone(), opened.clone());
+            async move {
+                let spare = || {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let opened = opened.clone();
+                    async move {
+                        opened.notified().await;
+                        Some(())
+                    }
+                };
+                writers.turn(spare).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writers.ended(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "started without a connection");
+        opened.notify_waiters();
+        let (k, conn) = soon(waiting, "starts once the connection is there")
+            .await
+            .unwrap();
+        assert_eq!((k, conn), (1, Some(())));
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "asked for one connection");
     }
 
     #[tokio::test]
