@@ -300,6 +300,21 @@ mod tests {
         waiting
     }
 
+    /// A transaction (with a connection `found` for an extra writer or not)
+    /// waits while writer `ended` is busy, and once it ends starts on
+    /// writer `k`.
+    async fn waits_until_ended(
+        writers: &Arc<Writers>,
+        found: bool,
+        ended: usize,
+        k: usize,
+        what: &str,
+    ) {
+        let waiting = waits(writers, found).await;
+        writers.ended(ended);
+        assert_eq!(soon(waiting, what).await.unwrap(), k);
+    }
+
     /// Starts a transaction, which must not wait long, on writer `k`.
     async fn starts(writers: &Writers, k: usize, what: &str) {
         assert_eq!(soon(writers.turn(spare(true)), what).await.0, k);
@@ -318,10 +333,7 @@ mod tests {
     async fn a_further_transaction_waits_until_the_last_ends() {
         let writers = Arc::new(Writers::new(4, LONG));
         starts(&writers, 0, "no wait").await;
-        let waiting = waits(&writers, true).await;
-        writers.ended(0);
-        let k = soon(waiting, "starts once the one in flight ended").await;
-        assert_eq!(k.unwrap(), 0);
+        waits_until_ended(&writers, true, 0, 0, "starts once the one in flight ended").await;
     }
 
     #[tokio::test]
@@ -345,10 +357,7 @@ mod tests {
         let writers = Arc::new(Writers::new(2, Duration::from_millis(1)));
         starts(&writers, 0, "no wait").await;
         starts(&writers, 1, "starts beside a slow one").await;
-        let waiting = waits(&writers, true).await;
-        writers.ended(1);
-        let k = soon(waiting, "starts once a writer is free").await;
-        assert_eq!(k.unwrap(), 1);
+        waits_until_ended(&writers, true, 1, 1, "starts once a writer is free").await;
     }
 
     #[tokio::test]
@@ -388,9 +397,13 @@ mod tests {
     async fn without_a_spare_connection_a_transaction_waits_for_the_first_writer() {
         let writers = Arc::new(Writers::new(4, Duration::from_millis(1)));
         starts(&writers, 0, "no wait").await;
-        let waiting = waits(&writers, false).await;
-        writers.ended(0);
-        let k = soon(waiting, "starts once the first writer is free").await;
-        assert_eq!(k.unwrap(), 0);
+        waits_until_ended(
+            &writers,
+            false,
+            0,
+            0,
+            "starts once the first writer is free",
+        )
+        .await;
     }
 }
