@@ -266,30 +266,87 @@ async fn appends_wait_for_takes_of_their_lease_but_not_for_renewals() {
     assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(1));
 }
 
-/// Every event records which plugin version decided it, for which request.
+/// Every event records which plugin build decided it, for which request
+/// and whom. A build is stored once, whichever node writes it first, and
+/// event rows name it by its key; rows written before builds had keys are
+/// read as they are.
 #[tokio::test]
 async fn events_carry_their_provenance() {
     let (journal, id, url) = journal_with_pool("provenance").await;
     journal.append(&append(&id, 0, events(2))).await.unwrap();
+    let other_node = Journal::connect(&url, 2).await.unwrap();
+    other_node.append(&append(&id, 2, events(1))).await.unwrap();
+    let later = Arc::new(PluginRef {
+        version: "1.2.4".into(),
+        digest: "sha256:def".into(),
+        ..(*plugin()).clone()
+    });
+    other_node
+        .append(&Append {
+            plugin: later,
+            ..append(&id, 3, events(1))
+        })
+        .await
+        .unwrap();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let row: (String, String, String, String, bool) = sqlx::query_as(
-        "SELECT plugin_name, plugin_version, plugin_digest, request_id, recorded_at <= now() FROM events WHERE seq_nr = 2",
+    sqlx::query(
+        "INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
+         VALUES ('provenance', 5, '{}', 'allot-older', '0.9.0', 'sha256:old', 'req-old')",
     )
-    .fetch_one(&mut conn)
+    .execute(&mut conn)
     .await
     .unwrap();
+
+    let audited = journal.audit(&id, SeqNr(0), 10).await.unwrap();
+    let provenance: Vec<_> = audited
+        .iter()
+        .map(|e| {
+            (
+                e.seq_nr.0,
+                e.plugin_name.as_str(),
+                e.plugin_version.as_str(),
+                e.plugin_digest.as_str(),
+                e.request_id.as_str(),
+            )
+        })
+        .collect();
     assert_eq!(
-        row,
-        (
-            "allot-test".into(),
-            "1.2.3".into(),
-            "sha256:abc".into(),
-            "req-1".into(),
-            true
-        )
+        provenance,
+        [
+            (1, "allot-test", "1.2.3", "sha256:abc", "req-0"),
+            (2, "allot-test", "1.2.3", "sha256:abc", "req-1"),
+            (3, "allot-test", "1.2.3", "sha256:abc", "req-0"),
+            (4, "allot-test", "1.2.4", "sha256:def", "req-0"),
+            (5, "allot-older", "0.9.0", "sha256:old", "req-old"),
+        ]
     );
+    assert!(audited[..4].iter().all(|e| e.actor == "test (checkout)"));
+    assert!(audited[0].recorded_at <= time::OffsetDateTime::now_utc());
+
+    let rows: Vec<(Option<i32>, String)> = sqlx::query_as(
+        "SELECT plugin, plugin_name || plugin_version || plugin_digest FROM events
+          WHERE pool_id = 'provenance' ORDER BY seq_nr",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let keys: Vec<Option<i32>> = rows.iter().map(|(key, _)| *key).collect();
+    assert!(keys[..4].iter().all(Option::is_some), "{keys:?}");
+    assert_eq!(keys[0], keys[2], "one key for one build, from either node");
+    assert_ne!(keys[0], keys[3]);
+    assert_eq!(keys[4], None);
+    assert!(
+        rows[..4].iter().all(|(_, text)| text.is_empty()),
+        "{rows:?}"
+    );
+    let builds: i64 = sqlx::query_scalar("SELECT count(*) FROM event_plugins")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(builds, 2);
+
     let stored = journal.events(&id, SeqNr(1), 10).await.unwrap();
-    assert_eq!(stored.len(), 1);
+    assert_eq!(stored.len(), 4);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(stored[0].payload.get()).unwrap(),
         json!({ "n": 1 })
