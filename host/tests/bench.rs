@@ -107,6 +107,10 @@ fn bad_benchmark_arguments_are_refused_before_anything_starts() {
             "--write-rate must be a positive",
         ),
         (&["--duration", "soon"][..], "is not a duration"),
+        (
+            &["--view-row-interval", "2.5ms"][..],
+            "finer than the whole milliseconds",
+        ),
         (&["--scenarios", "everything"][..], "invalid value"),
         (
             &["--postgres-setting", "shared_buffers"][..],

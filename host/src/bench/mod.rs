@@ -85,12 +85,17 @@ pub struct BenchArgs {
     writers: Option<usize>,
     /// How long one of Allot's appends runs before a further one may start
     /// beside it (`[entities] overlap_after_ms`); its default when not given.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_millis)]
     overlap_after: Option<Duration>,
     /// Most pools' batches in one of Allot's group commits (`[entities]
     /// max_group`); its default when not given.
     #[arg(long)]
     max_group: Option<usize>,
+    /// How often at most a busy pool's read-model row is written
+    /// (`[entities] view_row_interval_ms`); its default when not given.
+    /// Longer writes less to PostgreSQL, and other nodes' grids lag more.
+    #[arg(long, value_parser = parse_millis)]
+    view_row_interval: Option<Duration>,
     /// How long Allot honours retries (`[entities]
     /// idempotency_window_seconds`); its default when not given. Its memory
     /// follows reservations per window.
@@ -229,6 +234,17 @@ impl Search {
             Some((self.passed + self.failed) / 2.0)
         };
     }
+}
+
+/// A duration for a setting kept in whole milliseconds.
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "`{text}` is finer than the whole milliseconds this setting takes"
+        ));
+    }
+    Ok(duration)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -433,14 +449,13 @@ impl Bench {
                             writeln!(config, "writers = {writers}")?;
                         }
                         if let Some(overlap) = args.overlap_after {
-                            anyhow::ensure!(
-                                overlap.subsec_nanos() % 1_000_000 == 0,
-                                "--overlap-after is set in whole milliseconds"
-                            );
                             writeln!(config, "overlap_after_ms = {}", overlap.as_millis())?;
                         }
                         if let Some(max_group) = args.max_group {
                             writeln!(config, "max_group = {max_group}")?;
+                        }
+                        if let Some(interval) = args.view_row_interval {
+                            writeln!(config, "view_row_interval_ms = {}", interval.as_millis())?;
                         }
                         if let Some(window) = args.idempotency_window {
                             let seconds = window.as_secs().max(1);
