@@ -759,6 +759,59 @@ async fn view_rows_are_updated_in_place() {
     assert!(in_place >= 98, "{in_place} of {updates} updates in place");
 }
 
+/// Updating a pool's read-model row writes the update and nothing else to
+/// the row's page: no lock record before it, as an upsert would write.
+#[tokio::test]
+async fn view_row_updates_write_no_lock_records() {
+    let url = common::database().await;
+    let journal = Journal::connect(&url, 1).await.unwrap();
+    journal
+        .save_views(&[view_row("a", 1, r#"{"n": 1}"#)])
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let start: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for seq in 2..=21 {
+        journal
+            .save_views(&[view_row("a", seq, &format!(r#"{{"n": {seq}}}"#))])
+            .await
+            .unwrap();
+    }
+    // The views' commits do not wait for the disk; a pool's does, and
+    // takes the log before it along.
+    journal
+        .create_pool(&PoolId::new("b").unwrap(), "test", &raw(json!({})))
+        .await
+        .unwrap();
+    let records: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT record_type, count(*)
+           FROM pg_get_wal_records_info($1::pg_lsn, pg_current_wal_flush_lsn())
+          WHERE resource_manager = 'Heap'
+            AND block_ref LIKE format('%%/%s/%s %%',
+                (SELECT oid FROM pg_database WHERE datname = current_database()),
+                pg_relation_filenode('pool_views'))
+          GROUP BY record_type ORDER BY record_type",
+    )
+    .bind(&start)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let is_update = |kind: &str| kind == "HOT_UPDATE" || kind == "UPDATE";
+    assert!(
+        records.iter().all(|(kind, _)| is_update(kind)),
+        "{records:?}"
+    );
+    let updates: i64 = records.iter().map(|(_, n)| n).sum();
+    assert_eq!(updates, 20, "{records:?}");
+}
+
 /// A change whose notification never came is found by the read model's
 /// poll, well before its full comparison.
 #[tokio::test]

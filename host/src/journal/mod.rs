@@ -1142,7 +1142,7 @@ SELECT pool_id, verdict FROM verdict";
 ///
 /// An `INSERT … ON CONFLICT DO UPDATE` of every row would lock each
 /// existing row before updating it, and a row lock is a record of its own
-/// in the write-ahead log: as many bytes again as a third of the update's.
+/// in the write-ahead log: 54 bytes, beside the update's 250 or so.
 /// The insert sees the table as the statement began, so it adds only the
 /// rows the update could not have found; `ON CONFLICT` is left for a row
 /// that another writer added meanwhile. The update joins by key in the
