@@ -459,31 +459,24 @@ impl Journal {
         if let Some(key) = known {
             return Ok(key);
         }
-        // A node that adds the same build at the same moment makes the
-        // insert add nothing; the next look-up then finds its row.
-        let key = loop {
-            let found: Option<i32> = sqlx::query_scalar(
+        // Looked up, else added. A node that adds the same build at the
+        // same moment makes the insert add nothing; the next look-up then
+        // finds its row.
+        let key = 'found: loop {
+            for statement in [
                 "SELECT id FROM event_plugins WHERE digest = $1 AND name = $2 AND version = $3",
-            )
-            .bind(&plugin.digest)
-            .bind(&plugin.name)
-            .bind(&plugin.version)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(key) = found {
-                break key;
-            }
-            let added: Option<i32> = sqlx::query_scalar(
                 "INSERT INTO event_plugins (digest, name, version) VALUES ($1, $2, $3)
                  ON CONFLICT (digest, name, version) DO NOTHING RETURNING id",
-            )
-            .bind(&plugin.digest)
-            .bind(&plugin.name)
-            .bind(&plugin.version)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(key) = added {
-                break key;
+            ] {
+                let key: Option<i32> = sqlx::query_scalar(statement)
+                    .bind(&plugin.digest)
+                    .bind(&plugin.name)
+                    .bind(&plugin.version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if let Some(key) = key {
+                    break 'found key;
+                }
             }
         };
         self.plugin_keys
