@@ -887,4 +887,32 @@ async fn a_statement_of_many_views_notifies_them_all() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(model.len(), rows.len(), "every row was notified");
+
+    // One statement that updates rows, adds others, and skips one that
+    // holds a later view already: each written row is notified.
+    let id = |i: usize| PoolId::new(&format!("{i:0>128}")).unwrap();
+    let body = r#"{"cells": [], "details": {}}"#;
+    journal
+        .save_views(&[view_row(&format!("{:0>128}", 0), 3, body)])
+        .await
+        .unwrap();
+    let mixed: Vec<PoolViewRow> = (0..60)
+        .map(|i| view_row(&format!("{i:0>128}"), 2, body))
+        .chain((120..130).map(|i| view_row(&format!("{i:0>128}"), 1, body)))
+        .collect();
+    journal.save_views(&mixed).await.unwrap();
+    let seq = |i: usize| model.get(&id(i)).map(|view| view.seq_nr.0);
+    let notified = || seq(0) == Some(3) && (1..60).all(|i| seq(i) == Some(2)) && model.len() == 130;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !notified() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(notified(), "updated and added rows were notified");
+    assert_eq!(seq(60), Some(1), "rows not in the statement stay");
+    let kept: i64 = sqlx::query_scalar("SELECT seq_nr FROM pool_views WHERE pool_id = $1")
+        .bind(id(0).as_str())
+        .fetch_one(journal.db())
+        .await
+        .unwrap();
+    assert_eq!(kept, 3, "a later view is not moved back");
 }

@@ -460,25 +460,33 @@ impl Journal {
             return Ok(key);
         }
         // Looked up, else added. A node that adds the same build at the
-        // same moment makes the insert add nothing; the next look-up then
-        // finds its row.
-        let key = 'found: loop {
+        // same moment makes the insert add nothing; the next look-up, a
+        // statement of its own outside any transaction, then finds its row.
+        let mut key = None;
+        'found: for _ in 0..2 {
             for statement in [
                 "SELECT id FROM event_plugins WHERE digest = $1 AND name = $2 AND version = $3",
                 "INSERT INTO event_plugins (digest, name, version) VALUES ($1, $2, $3)
                  ON CONFLICT (digest, name, version) DO NOTHING RETURNING id",
             ] {
-                let key: Option<i32> = sqlx::query_scalar(statement)
+                let found: Option<i32> = sqlx::query_scalar(statement)
                     .bind(&plugin.digest)
                     .bind(&plugin.name)
                     .bind(&plugin.version)
                     .fetch_optional(&mut *conn)
                     .await?;
-                if let Some(key) = key {
-                    break 'found key;
+                if found.is_some() {
+                    key = found;
+                    break 'found;
                 }
             }
-        };
+        }
+        let key = key.ok_or_else(|| {
+            Error::Database(sqlx::Error::Protocol(format!(
+                "plugin build {} was neither found nor added",
+                plugin.digest
+            )))
+        })?;
         self.plugin_keys
             .lock()
             .expect("plugin keys")
@@ -487,7 +495,9 @@ impl Journal {
     }
 
     /// Writes the batches that may go, in one statement (one round trip,
-    /// one implicit transaction); records each batch's result in `results`.
+    /// one implicit transaction; the first time a plugin build's events are
+    /// written, its key is looked up or added before); records each batch's
+    /// result in `results`.
     async fn write_group(
         &self,
         conn: &mut PgConnection,
@@ -1138,9 +1148,11 @@ SELECT pool_id, verdict FROM verdict";
 /// in the write-ahead log: 54 bytes, beside the update's 250 or so.
 /// The insert sees the table as the statement began, so it adds only the
 /// rows the update could not have found; `ON CONFLICT` is left for a row
-/// that another writer added meanwhile. The update joins by key in the
-/// order of the given rows (their estimated number keeps it a nested loop
-/// over the key's index, whatever the table's size).
+/// that another writer added meanwhile. The given rows (sorted by pool)
+/// drive the update's join, whether PostgreSQL plans it as a look-up by
+/// key per row or, for a small table, as a hash of the table probed by
+/// them, so each part locks its rows in pool order; which of the two
+/// parts runs first is PostgreSQL's choice.
 const SAVE_VIEWS: &str = "
 WITH v AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]::jsonb[])
