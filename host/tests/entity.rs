@@ -123,8 +123,8 @@ async fn concurrent_reservations_never_overbook() {
 
 /// Appends on every group-commit writer at once (each starting beside the
 /// others without waiting) lose no answer and overbook no pool, and the
-/// extra writers, which write on connections left idle in the pool, leave
-/// the journal's few connections usable.
+/// extra writers, which write on connections taken from the pool for each
+/// of their transactions, leave the journal's few connections usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_appends_on_every_writer_lose_nothing() {
     let url = common::database().await;
