@@ -88,7 +88,8 @@ pub struct Metrics {
     pub cluster_shards_held: Gauge,
     /// Nodes with a fresh heartbeat, as this node last saw.
     pub cluster_nodes_live: Gauge,
-    /// Leases this node found taken by another node at renewal.
+    /// Leases this node found taken by another node: at a tick, or when
+    /// an append was fenced.
     pub cluster_leases_lost: Counter,
     /// Commands and reads sent on to the owner of their pool, by result.
     pub forwarded: Family<ForwardLabels, Counter>,
@@ -263,7 +264,7 @@ impl Metrics {
         );
         registry.register(
             "allot_cluster_leases_lost",
-            "Leases this node found taken by another node when renewing",
+            "Leases this node found taken by another node",
             metrics.cluster_leases_lost.clone(),
         );
         registry.register(

@@ -174,8 +174,7 @@ impl TestCluster {
         let started = Instant::now();
         loop {
             let per_node: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT owner_node, count(*) FROM shard_leases
-                  WHERE expires_at > now() GROUP BY owner_node",
+                "SELECT owner_node, count(*) FROM leases_in_force GROUP BY owner_node",
             )
             .fetch_all(&self.db().await)
             .await
@@ -645,13 +644,11 @@ async fn a_node_paused_past_its_lease_is_fenced() {
     cluster.nodes[2].signal("-STOP");
     // Past the lease: the others take its shards.
     tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
-    let taken: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM shard_leases WHERE owner_node = 'n3' AND expires_at > now()",
-    )
-    .fetch_one(&cluster.db().await)
-    .await
-    .unwrap();
-    assert_eq!(taken, 0, "the paused node still holds leases");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM shard_leases WHERE owner_node = 'n3'")
+        .fetch_one(&cluster.db().await)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "the paused node's shards were not all taken");
     cluster.nodes[2].signal("-CONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.settled().await;
@@ -699,6 +696,57 @@ async fn a_node_paused_past_its_lease_is_fenced() {
         "{}",
         response.text().await.unwrap()
     );
+}
+
+/// Leases last as long as their owner's heartbeat: an idle cluster writes
+/// its heartbeats and nothing else, however many leases it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holding_leases_writes_only_heartbeats() {
+    let cluster = TestCluster::start(2).await;
+    let db = cluster.db().await;
+    let leases = async || -> Vec<(i32, String, i64, String)> {
+        sqlx::query_as(
+            "SELECT shard, owner_node, epoch, xmin::text FROM shard_leases ORDER BY shard",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let heartbeats = async || -> Vec<(String, f64)> {
+        sqlx::query_as(
+            "SELECT node_id, extract(epoch FROM heartbeat_at)::float8 FROM nodes ORDER BY node_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let (leases_before, beats_before) = (leases().await, heartbeats().await);
+    assert_eq!(leases_before.len(), 256);
+    tokio::time::sleep(Duration::from_millis(TICK_MS * 4)).await;
+    let (leases_after, beats_after) = (leases().await, heartbeats().await);
+    // No lease row was written (a write gives the row a new `xmin`)…
+    assert_eq!(
+        leases_before, leases_after,
+        "leases were written while held"
+    );
+    // …while every node heartbeat, and the leases stayed in force.
+    for ((node, before), (_, after)) in beats_before.iter().zip(&beats_after) {
+        assert!(after > before, "{node} did not heartbeat");
+    }
+    let in_force: i64 = sqlx::query_scalar("SELECT count(*) FROM leases_in_force")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(in_force, 256);
+    let status = cluster.get_json(&cluster.urls()[1], "/v1/cluster").await;
+    let shards: Vec<i64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["shards"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shards.iter().sum::<i64>(), 256, "{status}");
+    assert!(shards.iter().all(|&s| s > 0), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,12 +196,11 @@ async fn appends_are_fenced_by_the_lease_epoch() {
     assert_eq!(journal.append(&current).await.unwrap(), SeqNr(1));
 }
 
-/// An append neither waits for a renewal of its lease's expiry nor holds
-/// one up; it waits for a take of the lease, and is fenced once the take
-/// commits.
+/// An append neither waits for a release of its lease nor holds one up; it
+/// waits for a take of the lease, and is fenced once the take commits.
 #[tokio::test]
-async fn appends_wait_for_takes_of_their_lease_but_not_for_renewals() {
-    let (journal, id, url) = journal_with_pool("renewed").await;
+async fn appends_wait_for_takes_of_their_lease_but_not_for_releases() {
+    let (journal, id, url) = journal_with_pool("released").await;
     let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("INSERT INTO shard_leases (shard, owner_node, epoch, expires_at) VALUES ($1, 'node-a', 3, now() + interval '10 s')")
         .bind(id.shard() as i32)
@@ -217,14 +216,14 @@ async fn appends_wait_for_takes_of_their_lease_but_not_for_renewals() {
         batch
     };
 
-    // A renewal, as the cluster makes it, left uncommitted.
-    let mut renewal = other.begin().await.unwrap();
+    // A release, as the cluster makes it, left uncommitted.
+    let mut release = other.begin().await.unwrap();
     sqlx::query(
-        "UPDATE shard_leases SET expires_at = now() + interval '10 s'
+        "UPDATE shard_leases SET expires_at = '-infinity'
           WHERE shard = (SELECT shard FROM shard_leases WHERE shard = $1 FOR NO KEY UPDATE)",
     )
     .bind(id.shard() as i32)
-    .execute(&mut *renewal)
+    .execute(&mut *release)
     .await
     .unwrap();
     let written = tokio::time::timeout(
@@ -232,9 +231,9 @@ async fn appends_wait_for_takes_of_their_lease_but_not_for_renewals() {
         journal.append(&fenced(0)),
     )
     .await
-    .expect("the append waited for the renewal");
+    .expect("the append waited for the release");
     assert_eq!(written.unwrap(), SeqNr(1));
-    renewal.commit().await.unwrap();
+    release.commit().await.unwrap();
 
     // A take, as the cluster makes it: the append waits, then is fenced.
     let mut take = other.begin().await.unwrap();

@@ -3,12 +3,15 @@
 //!
 //! Nodes register and heartbeat in the `nodes` table. Pools hash to a fixed
 //! number of shards ([`crate::ids::SHARDS`]); each shard has a lease row
-//! (owner, epoch, expiry) in `shard_leases`. Every node computes the same
-//! placement from the live nodes by rendezvous hashing, takes the leases of
-//! the shards it wins once they are free, renews what it holds, and hands
-//! over what another node now wins: its entities drain, then the lease is
-//! released for the next owner to take at once. A crashed node's leases
-//! simply expire.
+//! (owner, epoch, and an expiry that only a release sets) in
+//! `shard_leases`. A lease is in force while its owner's heartbeat is
+//! younger than the owner's lease, so holding leases writes one row per
+//! tick, the heartbeat, however many there are. Every node computes the
+//! same placement from the live nodes by rendezvous hashing, takes the
+//! leases of the shards it wins once they are free, and hands over what
+//! another node now wins: its entities drain, then the lease is released
+//! for the next owner to take at once. A crashed node's leases simply run
+//! out with its heartbeat.
 //!
 //! Each acquisition raises the shard's epoch, and every append names the
 //! epoch its entity started under ([`crate::journal::Fence`]), checked in
@@ -43,16 +46,13 @@ pub use wire::{
 /// The channel nodes wake each other on.
 const CHANNEL: &str = "allot_cluster";
 
-/// Sets the expiry of this node's leases ($1) on shards ($2) that it holds
-/// under these epochs ($3) to $4 ms from now (0 releases them); returns the
-/// shards it still held. Rows are locked in shard order, as by every
-/// statement on several leases, so that nodes renewing, taking and
-/// releasing at once never wait on each other in a cycle. The lock is FOR
-/// NO KEY UPDATE, which appends (holding their leases FOR KEY SHARE) do not
-/// wait for: the expiry does not fence anyone, and renewing every lease
-/// twice a second would otherwise hold up every append for as long as the
-/// renewal takes to commit.
-const SET_EXPIRY: &str = "
+/// Releases this node's leases ($1) on shards ($2) that it holds under
+/// these epochs ($3): the next owner may take them at once. Rows are locked
+/// in shard order, as by every statement on several leases, so that nodes
+/// taking and releasing at once never wait on each other in a cycle. The
+/// lock is FOR NO KEY UPDATE, which appends (holding their leases FOR KEY
+/// SHARE) do not wait for: the release does not fence anyone, a take does.
+const RELEASE: &str = "
 WITH mine AS (
     SELECT l.shard FROM shard_leases l
       JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
@@ -60,9 +60,53 @@ WITH mine AS (
      WHERE l.owner_node = $1
      ORDER BY l.shard FOR NO KEY UPDATE OF l
 )
-UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
-  FROM mine WHERE l.shard = mine.shard
-RETURNING l.shard";
+UPDATE shard_leases l SET expires_at = '-infinity'
+  FROM mine WHERE l.shard = mine.shard";
+
+/// Of the leases this node ($1) holds on shards ($2) under these epochs
+/// ($3), those it still holds. A lease lasts as long as its owner's
+/// heartbeat, so holding it writes nothing: this only reads.
+const STILL_HELD: &str = "
+SELECT l.shard FROM shard_leases l
+  JOIN unnest($2::int[], $3::bigint[]) AS h(shard, epoch)
+    ON l.shard = h.shard AND l.epoch = h.epoch
+ WHERE l.owner_node = $1 AND l.expires_at > now()";
+
+/// Takes the leases on shards ($2) that are free for this node ($1): never
+/// leased, released, held by a node whose heartbeat is older than its
+/// lease, or held by this node's previous run. Returns the shards taken,
+/// each with its new epoch, which fences every older writer.
+///
+/// The rows are locked FOR UPDATE first, in shard order like [`RELEASE`]:
+/// appends hold their leases FOR KEY SHARE, which only that lock waits for
+/// (the upsert's own lock would not), so a take waits for the appends in
+/// flight under the old epoch, and whether a lease is free is judged on
+/// its latest version. The upsert updates a row only from the epoch it
+/// was locked at, so a lease that another node took first, by inserting
+/// its row meanwhile, is left to it.
+///
+/// An owner's heartbeat is another row, read as of the statement's start: a
+/// node whose heartbeat came a lease late may lose a lease that the
+/// heartbeat had just kept. Its appends are then fenced, and it stops those
+/// pools.
+const TAKE: &str = "
+WITH current AS (
+    SELECT shard, owner_node, epoch, expires_at FROM shard_leases
+     WHERE shard = ANY($2) ORDER BY shard FOR UPDATE
+)
+INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
+SELECT s, $1, coalesce(c.epoch, 0) + 1, 'infinity'
+  FROM unnest($2::int[]) AS s LEFT JOIN current c ON c.shard = s
+ WHERE c.shard IS NULL OR c.owner_node = $1 OR c.expires_at <= now()
+    OR NOT EXISTS (SELECT FROM nodes n
+                    WHERE n.node_id = c.owner_node
+                      AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond')
+ ORDER BY s
+ON CONFLICT (shard) DO UPDATE
+   SET owner_node = EXCLUDED.owner_node, epoch = EXCLUDED.epoch,
+       expires_at = EXCLUDED.expires_at
+ WHERE shard_leases.epoch = EXCLUDED.epoch - 1
+RETURNING shard, epoch";
 
 /// How a node takes part in the cluster.
 #[derive(Clone, Debug)]
@@ -74,10 +118,11 @@ pub struct Settings {
     pub url: String,
     /// Shared by the nodes of a cluster: forwarded requests carry it.
     pub secret: String,
-    /// How long a lease lasts without renewal: a crashed node's shards move
-    /// after about this long.
+    /// How long this node's leases stay in force after its last heartbeat:
+    /// a crashed node's shards move after about this long.
     pub lease: Duration,
-    /// How often leases are renewed and placement is looked at.
+    /// How often the node heartbeats, which keeps its leases in force, and
+    /// looks at placement.
     pub tick: Duration,
     /// How often the read-model rows of the shards held are looked at for
     /// rows behind their history; never when `None`.
@@ -164,8 +209,8 @@ struct State {
 #[derive(Clone, Copy)]
 struct Held {
     epoch: i64,
-    /// Until when the lease is surely still this node's, by the local clock:
-    /// the renewal was sent before the database set its expiry.
+    /// Until when the lease is surely still in force, by the local clock:
+    /// the heartbeat that keeps it so was sent before the database set it.
     valid_until: std::time::Instant,
 }
 
@@ -277,7 +322,7 @@ impl Cluster {
 
     /// Takes note that an append under this epoch of `shard` was fenced:
     /// another node holds the shard now. Its pools stop here at once, rather
-    /// than at the next renewal, and commands go to the new owner.
+    /// than at the next tick, and commands go to the new owner.
     pub fn fenced(&self, shard: u32, epoch: i64) {
         let lost = {
             let mut state = self.inner.state.lock().expect("cluster state");
@@ -302,13 +347,11 @@ impl Cluster {
     /// Asks the database who owns `pool`'s shard now, after a route failed.
     pub async fn resolve(&self, pool: &PoolId) {
         let shard = pool.shard();
-        let found: Result<Option<(String, String)>, sqlx::Error> = sqlx::query_as(
-            "SELECT l.owner_node, n.url FROM shard_leases l JOIN nodes n ON n.node_id = l.owner_node
-              WHERE l.shard = $1 AND l.expires_at > now()",
-        )
-        .bind(shard as i32)
-        .fetch_optional(&self.inner.db)
-        .await;
+        let found: Result<Option<(String, String)>, sqlx::Error> =
+            sqlx::query_as("SELECT owner_node, url FROM leases_in_force WHERE shard = $1")
+                .bind(shard as i32)
+                .fetch_optional(&self.inner.db)
+                .await;
         let mut state = self.inner.state.lock().expect("cluster state");
         match found {
             Ok(Some((node, url))) => {
@@ -372,13 +415,11 @@ impl Cluster {
     pub async fn status(&self) -> Result<Status, sqlx::Error> {
         let rows: Vec<(String, String, String, bool, i64, i64)> = sqlx::query_as(
             "SELECT n.node_id, n.url, n.state,
-                    n.heartbeat_at > now() - $1 * interval '1 millisecond',
+                    n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond',
                     (extract(epoch FROM now() - n.heartbeat_at) * 1000)::bigint,
-                    (SELECT count(*) FROM shard_leases l
-                      WHERE l.owner_node = n.node_id AND l.expires_at > now())
+                    (SELECT count(*) FROM leases_in_force l WHERE l.owner_node = n.node_id)
                FROM nodes n ORDER BY n.node_id",
         )
-        .bind(self.inner.lease_ms())
         .fetch_all(&self.inner.db)
         .await?;
         Ok(Status {
@@ -521,14 +562,16 @@ impl Inner {
             }
         }
         sqlx::query(
-            "INSERT INTO nodes (node_id, url, incarnation, state) VALUES ($1, $2, $3, 'up')
+            "INSERT INTO nodes (node_id, url, incarnation, state, lease_ms)
+             VALUES ($1, $2, $3, 'up', $4)
              ON CONFLICT (node_id) DO UPDATE
                 SET url = EXCLUDED.url, incarnation = EXCLUDED.incarnation, state = 'up',
-                    started_at = now(), heartbeat_at = now()",
+                    started_at = now(), heartbeat_at = now(), lease_ms = EXCLUDED.lease_ms",
         )
         .bind(&self.settings.node_id)
         .bind(&self.settings.url)
         .bind(self.incarnation)
+        .bind(self.lease_ms())
         .execute(&self.db)
         .await?;
         self.notify().await;
@@ -549,14 +592,17 @@ impl Inner {
         }
     }
 
-    /// One round: heartbeat, renew, look at placement, hand over what
-    /// another node wins, take what this node wins and is free.
+    /// One round: heartbeat, see which leases are still held, look at
+    /// placement, hand over what another node wins, take what this node
+    /// wins and is free.
     async fn tick(self: &Arc<Self>) -> Result<(), sqlx::Error> {
         let _turn = self.turn.lock().await;
         let me = &self.settings.node_id;
-        let lease_ms = self.lease_ms();
 
         let leaving = self.state.lock().expect("cluster state").leaving;
+        // The heartbeat keeps every lease of this node in force for a lease
+        // from when the database sets it, which is after `beat_sent`.
+        let beat_sent = std::time::Instant::now();
         let beat = sqlx::query(
             "UPDATE nodes SET heartbeat_at = now(),
                     state = CASE WHEN $3 THEN 'leaving' ELSE state END
@@ -575,8 +621,9 @@ impl Inner {
             self.state.lock().expect("cluster state").leaving = true;
         }
 
-        // Renew: a lease another node took meanwhile is not renewed, and
-        // its entities here stop.
+        // A lease another node took meanwhile is no longer this node's, and
+        // its entities here stop. The others stay in force for a lease,
+        // unless the heartbeat was not this process's.
         let (shards, epochs): (Vec<i32>, Vec<i64>) = {
             let state = self.state.lock().expect("cluster state");
             state
@@ -586,29 +633,29 @@ impl Inner {
                 .unzip()
         };
         if !shards.is_empty() {
-            let sent = std::time::Instant::now();
-            let renewed: Vec<i32> = sqlx::query_scalar(SET_EXPIRY)
+            let kept: Vec<i32> = sqlx::query_scalar(STILL_HELD)
                 .bind(me)
                 .bind(&shards)
                 .bind(&epochs)
-                .bind(lease_ms)
                 .fetch_all(&self.db)
                 .await?;
-            let renewed: HashSet<u32> = renewed.into_iter().map(|s| s as u32).collect();
+            let kept: HashSet<u32> = kept.into_iter().map(|s| s as u32).collect();
             let lost: HashSet<u32> = {
                 let mut state = self.state.lock().expect("cluster state");
                 let lost: HashSet<u32> = state
                     .held
                     .keys()
-                    .filter(|shard| !renewed.contains(shard))
+                    .filter(|shard| !kept.contains(shard))
                     .copied()
                     .collect();
                 for shard in &lost {
                     state.held.remove(shard);
                 }
-                for shard in &renewed {
-                    if let Some(held) = state.held.get_mut(shard) {
-                        held.valid_until = sent + self.settings.lease.mul_f64(0.9);
+                if !replaced {
+                    for shard in &kept {
+                        if let Some(held) = state.held.get_mut(shard) {
+                            held.valid_until = beat_sent + self.settings.lease.mul_f64(0.9);
+                        }
                     }
                 }
                 lost
@@ -626,10 +673,9 @@ impl Inner {
         // Placement among the live nodes.
         let live: Vec<(String, String)> = sqlx::query_as(
             "SELECT node_id, url FROM nodes
-              WHERE state = 'up' AND heartbeat_at > now() - $1 * interval '1 millisecond'
+              WHERE state = 'up' AND heartbeat_at > now() - lease_ms * interval '1 millisecond'
               ORDER BY node_id",
         )
-        .bind(lease_ms)
         .fetch_all(&self.db)
         .await?;
         let leaving = self.state.lock().expect("cluster state").leaving;
@@ -662,37 +708,19 @@ impl Inner {
                 shards = give.len(),
                 "handing shards over to nodes that joined"
             );
-            // In the background: the drain must not hold up the renewal
-            // of every other lease this node keeps.
+            // In the background: the drain must not hold up the heartbeat
+            // that keeps every other lease of this node in force.
             let inner = self.clone();
             tokio::spawn(async move { inner.hand_over(give).await });
         }
         if !take.is_empty() {
-            let sent = std::time::Instant::now();
-            // Free leases only: expired or released, or held by this node's
-            // previous run. Each take raises the epoch, fencing older writers.
-            // In shard order, like SET_EXPIRY. The rows are locked FOR UPDATE
-            // first: appends hold their leases FOR KEY SHARE, which only that
-            // lock waits for (the upsert's own lock would not), so a take
-            // waits for the appends in flight under the old epoch.
-            let taken: Vec<(i32, i64)> = sqlx::query_as(
-                "WITH current AS (
-                     SELECT shard FROM shard_leases WHERE shard = ANY($2) ORDER BY shard FOR UPDATE
-                 )
-                 INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
-                 SELECT s, $1, 1, now() + $3 * interval '1 millisecond'
-                   FROM unnest($2::int[]) AS s LEFT JOIN current c ON c.shard = s ORDER BY s
-                 ON CONFLICT (shard) DO UPDATE
-                    SET owner_node = EXCLUDED.owner_node, epoch = shard_leases.epoch + 1,
-                        expires_at = EXCLUDED.expires_at
-                  WHERE shard_leases.expires_at <= now() OR shard_leases.owner_node = $1
-                 RETURNING shard, epoch",
-            )
-            .bind(me)
-            .bind(&take)
-            .bind(lease_ms)
-            .fetch_all(&self.db)
-            .await?;
+            // In force, like every lease of this node, by the heartbeat
+            // above.
+            let taken: Vec<(i32, i64)> = sqlx::query_as(TAKE)
+                .bind(me)
+                .bind(&take)
+                .fetch_all(&self.db)
+                .await?;
             if !taken.is_empty() {
                 tracing::info!(shards = taken.len(), "took shard leases");
                 let shards: Vec<u32> = taken.iter().map(|(shard, _)| *shard as u32).collect();
@@ -703,7 +731,7 @@ impl Inner {
                             shard as u32,
                             Held {
                                 epoch,
-                                valid_until: sent + self.settings.lease.mul_f64(0.9),
+                                valid_until: beat_sent + self.settings.lease.mul_f64(0.9),
                             },
                         );
                     }
@@ -720,13 +748,10 @@ impl Inner {
         }
 
         // Who owns what, for routing.
-        let owners: Vec<(i32, String, String)> = sqlx::query_as(
-            "SELECT l.shard, l.owner_node, n.url FROM shard_leases l
-               JOIN nodes n ON n.node_id = l.owner_node
-              WHERE l.expires_at > now()",
-        )
-        .fetch_all(&self.db)
-        .await?;
+        let owners: Vec<(i32, String, String)> =
+            sqlx::query_as("SELECT shard, owner_node, url FROM leases_in_force")
+                .fetch_all(&self.db)
+                .await?;
         let mut state = self.state.lock().expect("cluster state");
         state.owners = owners
             .into_iter()
@@ -775,18 +800,17 @@ impl Inner {
         let (shards, epochs): (Vec<i32>, Vec<i64>) = released.into_iter().unzip();
         let done = self
             .bounded(
-                // Expiring now releases them.
-                sqlx::query(SET_EXPIRY)
+                sqlx::query(RELEASE)
                     .bind(&self.settings.node_id)
                     .bind(&shards)
                     .bind(&epochs)
-                    .bind(0_i64)
                     .execute(&self.db),
             )
             .await;
         match done {
             Ok(_) => self.notify().await,
-            // They expire by themselves; the next owner waits that long.
+            // They stay in force while this node heartbeats: until it
+            // stops, or a lease after its last heartbeat.
             Err(error) => tracing::warn!("cannot release leases: {error}"),
         }
         self.shards_shown

@@ -1087,8 +1087,8 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 /// The leases of the group's shards are locked FOR KEY SHARE, shard by
 /// shard in shard order as every statement on leases takes them: a take
 /// (which locks FOR UPDATE) waits for the group, so no lease can move while
-/// it is written, and a renewal of the expiry (FOR NO KEY UPDATE) neither
-/// waits for the group nor holds it up. A batch is written only if it holds
+/// it is written, and a release (FOR NO KEY UPDATE) neither waits for the
+/// group nor holds it up. A batch is written only if it holds
 /// its lease, its pool exists and the pool's history ends where the batch
 /// continues from; the others are answered with why. A writer extending
 /// the same history at the same moment is caught by the `(pool_id,

@@ -78,10 +78,11 @@ pub struct ClusterConfig {
     /// The secret nodes forward commands to each other with: the same on
     /// every node, and never a user's token. Needed with more than one node.
     pub secret: Option<String>,
-    /// Milliseconds a shard lease lasts without renewal: a crashed node's
-    /// pools move to the others after about this long.
+    /// Milliseconds a node's shard leases last after its last heartbeat: a
+    /// crashed node's pools move to the others after about this long.
     pub lease_ms: u64,
-    /// Milliseconds between lease renewals and looks at placement.
+    /// Milliseconds between heartbeats (which keep the leases in force)
+    /// and looks at placement.
     pub tick_ms: u64,
     /// Seconds between looks for read-model rows of this node's shards
     /// that are behind their pools' history (changed or lost outside the
@@ -108,7 +109,7 @@ impl ClusterConfig {
         if self.lease_ms < 500 || self.tick_ms == 0 || self.tick_ms * 2 > self.lease_ms {
             return Err(wrong(format!(
                 "lease_ms ({}) must be at least 500 and at least twice tick_ms ({}), \
-                 so that a lease is renewed before it runs out",
+                 so that a heartbeat keeps the leases before they run out",
                 self.lease_ms, self.tick_ms
             )));
         }
