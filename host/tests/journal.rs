@@ -480,10 +480,24 @@ async fn a_refusal_decided_behind_the_history_is_not_recorded() {
 
 /// An accepted command's outcome is read back from its events, the last
 /// of which carries its key; outcomes without events are kept as recorded,
-/// and an acceptance is preferred to a later refusal of the same key.
+/// and an acceptance is preferred to a later refusal of the same key. The
+/// same key in another pool is another command.
 #[tokio::test]
 async fn accepted_outcomes_are_their_events() {
     let (journal, id, url) = journal_with_pool("outcomes").await;
+    // Another pool, whose id is this one's and more, with the same key.
+    let other = PoolId::new("outcomes.b").unwrap();
+    journal
+        .create_pool(&other, "test", &raw(json!({ "size": 1 })))
+        .await
+        .unwrap();
+    let mut elsewhere = append(&other, 0, vec![events(2).remove(1)]);
+    elsewhere.events[0].completes = Some(Completion {
+        key: "reserve:one".into(),
+        events: 1,
+    });
+    journal.append(&elsewhere).await.unwrap();
+
     let mut batch = append(&id, 0, events(3));
     batch.events[0].completes = Some(Completion {
         key: "reserve:one".into(),
@@ -522,6 +536,18 @@ async fn accepted_outcomes_are_their_events() {
     ]
     .map(String::from)
     .to_vec();
+    match journal
+        .outcomes_of(&other, &keys)
+        .await
+        .unwrap()
+        .remove("reserve:one")
+    {
+        Some(KeptOutcome::Accepted { seq_nr, events }) => {
+            assert_eq!(seq_nr, SeqNr(1));
+            assert_eq!(payloads(&events), [json!({ "n": 1 })]);
+        }
+        other => panic!("{other:?}"),
+    }
     let mut kept = journal.outcomes_of(&id, &keys).await.unwrap();
     assert_eq!(kept.len(), 3);
     match kept.remove("reserve:one").unwrap() {

@@ -842,11 +842,16 @@ impl Journal {
         keys: &[String],
     ) -> Result<HashMap<String, KeptOutcome>> {
         let mut kept = self.recorded_outcomes(id, Recorded::Keys(keys)).await?;
+        // As the hash index `events_by_pool_command` has them: pool and key,
+        // which a pool id's lack of spaces keeps apart. The pool is not
+        // named on its own, or PostgreSQL may also scan the pool's whole
+        // history by the primary key to intersect the two.
+        let indexed: Vec<String> = keys.iter().map(|key| format!("{id} {key}")).collect();
         let accepted = sqlx::query(AssertSqlSafe(format!(
-            "{ACCEPTED_OUTCOMES} WHERE k.pool_id = $1 AND k.command_key = ANY($2) ORDER BY k.seq_nr"
+            "{ACCEPTED_OUTCOMES} WHERE k.command_key IS NOT NULL
+                AND (k.pool_id || ' ' || k.command_key) = ANY($1) ORDER BY k.seq_nr"
         )))
-        .bind(id.as_str())
-        .bind(keys)
+        .bind(&indexed)
         .fetch_all(&self.db)
         .await?;
         for row in accepted {
