@@ -85,10 +85,14 @@ SELECT l.shard FROM shard_leases l
 /// was locked at, so a lease that another node took first, by inserting
 /// its row meanwhile, is left to it.
 ///
-/// An owner's heartbeat is another row, read as of the statement's start: a
-/// node whose heartbeat came a lease late may lose a lease that the
-/// heartbeat had just kept. Its appends are then fenced, and it stops those
-/// pools.
+/// An owner's heartbeat is another row, read as of the statement's start.
+/// So a lease that changed hands while the take waited for its lock is
+/// left alone (its epoch is no longer the one the statement started
+/// with): its new owner's heartbeat may be newer than what the statement
+/// sees. And a node whose heartbeat came a lease late may lose a lease
+/// that the heartbeat had just kept: its appends are then fenced, and
+/// until its next tick it may still answer reads of those pools from its
+/// entities.
 const TAKE: &str = "
 WITH current AS (
     SELECT shard, owner_node, epoch, expires_at FROM shard_leases
@@ -97,10 +101,12 @@ WITH current AS (
 INSERT INTO shard_leases (shard, owner_node, epoch, expires_at)
 SELECT s, $1, coalesce(c.epoch, 0) + 1, 'infinity'
   FROM unnest($2::int[]) AS s LEFT JOIN current c ON c.shard = s
- WHERE c.shard IS NULL OR c.owner_node = $1 OR c.expires_at <= now()
-    OR NOT EXISTS (SELECT FROM nodes n
-                    WHERE n.node_id = c.owner_node
-                      AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond')
+ WHERE c.shard IS NULL
+    OR (c.epoch = (SELECT o.epoch FROM shard_leases o WHERE o.shard = c.shard)
+        AND (c.owner_node = $1 OR c.expires_at <= now()
+             OR NOT EXISTS (SELECT FROM nodes n
+                             WHERE n.node_id = c.owner_node
+                               AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond')))
  ORDER BY s
 ON CONFLICT (shard) DO UPDATE
    SET owner_node = EXCLUDED.owner_node, epoch = EXCLUDED.epoch,
