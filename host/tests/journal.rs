@@ -605,6 +605,57 @@ async fn accepted_outcomes_are_their_events() {
     assert_eq!(accepted, ["reserve:two"]);
 }
 
+/// A concurrent build of the outcomes' index that failed leaves the index
+/// invalid, and the start after it passed over it as existing: the
+/// migration after it builds the index again.
+#[tokio::test]
+async fn an_invalid_outcome_index_is_built_again() {
+    let (journal, id, url) = journal_with_pool("reindexed").await;
+    let mut batch = append(&id, 0, events(2));
+    for (event, key) in batch.events.iter_mut().zip(["reserve:one", "reserve:two"]) {
+        event.completes = Some(Completion {
+            key: key.into(),
+            events: 1,
+        });
+    }
+    journal.append(&batch).await.unwrap();
+
+    // A real failed build under the index's name: unique over the pool,
+    // which has two keyed events.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP INDEX events_by_pool_command")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let failed = sqlx::query(
+        "CREATE UNIQUE INDEX CONCURRENTLY events_by_pool_command ON events (pool_id)
+          WHERE command_key IS NOT NULL",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(failed.is_err());
+    let index = "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index
+                  WHERE indexrelid = 'events_by_pool_command'::regclass";
+    let (valid, _): (bool, String) = sqlx::query_as(index).fetch_one(&mut conn).await.unwrap();
+    assert!(!valid);
+    // As the database was before the migration.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261205000017")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let journal = Journal::connect(&url, 2).await.unwrap();
+    let (valid, definition): (bool, String) =
+        sqlx::query_as(index).fetch_one(&mut conn).await.unwrap();
+    assert!(valid);
+    assert!(
+        definition.contains("USING hash ((((pool_id || ' '::text) || command_key)))"),
+        "{definition}"
+    );
+    let keys = ["reserve:one", "reserve:two"].map(String::from).to_vec();
+    assert_eq!(journal.outcomes_of(&id, &keys).await.unwrap().len(), 2);
+}
+
 /// The view writers' metrics are the process's: tests that read them run
 /// one at a time.
 static VIEW_WRITERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -609,6 +609,7 @@ impl Inner {
         // The heartbeat keeps every lease of this node in force for a lease
         // from when the database sets it, which is after `beat_sent`.
         let beat_sent = std::time::Instant::now();
+        let valid_until = beat_sent + self.settings.lease.mul_f64(0.9);
         let beat = sqlx::query(
             "UPDATE nodes SET heartbeat_at = now(),
                     state = CASE WHEN $3 THEN 'leaving' ELSE state END
@@ -660,7 +661,7 @@ impl Inner {
                 if !replaced {
                     for shard in &kept {
                         if let Some(held) = state.held.get_mut(shard) {
-                            held.valid_until = beat_sent + self.settings.lease.mul_f64(0.9);
+                            held.valid_until = valid_until;
                         }
                     }
                 }
@@ -733,13 +734,7 @@ impl Inner {
                 {
                     let mut state = self.state.lock().expect("cluster state");
                     for (shard, epoch) in taken {
-                        state.held.insert(
-                            shard as u32,
-                            Held {
-                                epoch,
-                                valid_until: beat_sent + self.settings.lease.mul_f64(0.9),
-                            },
-                        );
+                        state.held.insert(shard as u32, Held { epoch, valid_until });
                     }
                 }
                 // A previous owner that died between an append and its view
