@@ -116,7 +116,8 @@ async fn old_snapshots_are_thinned_as_new_ones_are_written() {
     );
 }
 
-/// Appends continue the history; a writer behind it gets a distinct, retryable conflict.
+/// Appends continue the history; a writer behind it (or ahead of it) gets a
+/// distinct, retryable conflict.
 #[tokio::test]
 async fn an_append_from_behind_is_a_conflict() {
     let (journal, id, _) = journal_with_pool("p").await;
@@ -124,21 +125,20 @@ async fn an_append_from_behind_is_a_conflict() {
         journal.append(&append(&id, 0, events(3))).await.unwrap(),
         SeqNr(3)
     );
-    let error = journal
-        .append(&append(&id, 2, events(1)))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Conflict {
-                expected: SeqNr(2),
-                ..
-            }
-        ) && error.is_retryable(),
-        "{error}"
-    );
-    // Nothing of the refused batch was written.
+    // Behind the history, and ahead of it (a writer that believes it longer
+    // than it is).
+    for expected in [2, 5] {
+        let error = journal
+            .append(&append(&id, expected, events(1)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Conflict { expected: SeqNr(e), .. } if e == expected)
+                && error.is_retryable(),
+            "{error}"
+        );
+    }
+    // Nothing of the refused batches was written.
     assert_eq!(journal.last_seq(&id).await.unwrap(), SeqNr(3));
     assert_eq!(
         journal.append(&append(&id, 3, events(1))).await.unwrap(),

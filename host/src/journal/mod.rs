@@ -1103,28 +1103,39 @@ fn unique_is_conflict(batch: &Append) -> impl Fn(sqlx::Error) -> Error + '_ {
 /// events, and outcomes only for the commands that decided none.
 ///
 /// The plan is shaped for a few pools at a time, which is what a group
-/// mostly holds: each lookup (lease, pool, the history's end) is by key
-/// and per batch, and the inserts keep the written pools by comparing with
-/// an array. Joins would set up a hash table apiece at every execution,
-/// and PostgreSQL would answer an `EXISTS` by hashing the whole table of
+/// mostly holds: each lookup of a pool and of its history is by key and
+/// per batch, and the inserts keep the written pools by comparing with an
+/// array. Joins would set up a hash table apiece at every execution, and
+/// PostgreSQL would answer an `EXISTS` by hashing the whole table of
 /// pools. Events and outcomes go in with a fixed number of `UNNEST`s
 /// however many pools take part.
+///
+/// Seq numbers have no gaps, so a history ends at `expected` when the
+/// event `expected` is there (or nothing is expected) and the next is
+/// not: two look-ups of one key each. Its `max(seq_nr)` would read, in
+/// PostgreSQL's backward index scan, every key of the pool on the index
+/// page it ends on. The leases are read in one pass for the whole group:
+/// the table is small enough that PostgreSQL reads all of it for each
+/// look-up, where a look-up per shard would read it once per shard.
 const APPEND_GROUP: &str = "
 WITH batch AS (
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::int[], $4::bigint[])
         AS b(pool_id, expected, shard, epoch)
 ), lease AS (
-    SELECT k.shard, k.epoch
-      FROM (SELECT DISTINCT shard FROM batch WHERE shard IS NOT NULL ORDER BY shard) s,
-           LATERAL (SELECT l.shard, l.epoch FROM shard_leases l WHERE l.shard = s.shard
-                    FOR KEY SHARE) k
+    SELECT l.shard, l.epoch
+      FROM shard_leases l
+     WHERE l.shard = ANY (ARRAY(SELECT DISTINCT shard FROM batch WHERE shard IS NOT NULL))
+     ORDER BY l.shard
+       FOR KEY SHARE
 ), verdict AS (
     SELECT b.pool_id,
            CASE WHEN b.shard IS NOT NULL
                      AND (SELECT l.epoch FROM lease l WHERE l.shard = b.shard) IS DISTINCT FROM b.epoch THEN 'fenced'
                 WHEN (SELECT true FROM pools p WHERE p.pool_id = b.pool_id) IS NULL THEN 'unknown'
-                WHEN (SELECT max(e.seq_nr) FROM events e WHERE e.pool_id = b.pool_id)
-                     IS DISTINCT FROM nullif(b.expected, 0) THEN 'behind'
+                WHEN (b.expected > 0 AND (SELECT true FROM events e
+                                           WHERE e.pool_id = b.pool_id AND e.seq_nr = b.expected) IS NULL)
+                     OR (SELECT true FROM events e
+                          WHERE e.pool_id = b.pool_id AND e.seq_nr = b.expected + 1) THEN 'behind'
                 ELSE 'written' END AS verdict
       FROM batch b
 ), new_events AS (
