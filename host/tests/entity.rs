@@ -416,6 +416,53 @@ async fn retries_are_idempotent_across_restarts() {
     assert_eq!(count(&url, "SELECT count(*) FROM events").await, 3);
 }
 
+/// A retry of a command that decided several events is answered with all
+/// of them, as first: what a pool remembers of a command is where its
+/// events are, and they are read back from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_answered_with_every_event_of_its_command() {
+    let url = common::database().await;
+    let runtime = runtime(&url, Settings::default()).await;
+    runtime.load_plugin(common::plugin("allot-vehicle-load"));
+    let id = pool("truck-retried");
+    let truck = json!({
+        "truck": "B-AL-7", "departure": "2031-03-10T18:00:00Z",
+        "capacity": { "weight_kg": 1000, "volume_l": 4000, "pallets": 4 },
+    });
+    assert!(
+        runtime
+            .create_pool(&id, "vehicle-load", &raw(truck))
+            .await
+            .unwrap()
+    );
+    // Minutes after 09:00 on the day of departure.
+    let at = |minutes: i64, reservation: &str, load: serde_json::Value| {
+        let mut request = reserve(reservation, 0);
+        request.command = Command::Reserve {
+            id: reservation.into(),
+            request: raw(load),
+        };
+        request.context.now_ms = 1_930_899_600_000 + minutes * 60_000;
+        request
+    };
+    let hold = json!({ "weight_kg": 800, "pallets": 1, "hold_minutes": 15 });
+    let held = runtime.execute(&id, at(0, "h1", hold)).await.unwrap();
+    assert!(held.is_accepted(), "{held:?}");
+    // The hold has run out by then: the booking decides its expiry too.
+    let load = json!({ "weight_kg": 300 });
+    let booked = runtime.execute(&id, at(20, "b1", load.clone())).await;
+    let booked = booked.unwrap();
+    match &booked {
+        Outcome::Accepted { events, .. } => assert_eq!(events.len(), 2, "{events:?}"),
+        other => panic!("{other:?}"),
+    }
+    let events = count(&url, "SELECT count(*) FROM events").await;
+    let again = runtime.execute(&id, at(21, "b1", load)).await.unwrap();
+    assert_eq!(same(&again), same(&booked));
+    assert_eq!(count(&url, "SELECT count(*) FROM events").await, events);
+    runtime.shutdown().await;
+}
+
 /// An outcome as a JSON value: stored outcomes come back from JSONB, which
 /// orders keys its own way.
 fn same(outcome: &Outcome) -> serde_json::Value {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
-use super::remembered::Remembered;
+use super::remembered::{Remembered, Taken};
 use super::replay::{ReplayError, Replayed, replay};
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
@@ -49,8 +49,8 @@ struct Entity {
     /// events, while a recovery reads at most about twice the state.
     snapshot_bytes: usize,
     tail_bytes: usize,
-    /// The outcome of every keyed command that took effect within the
-    /// idempotency window.
+    /// Where the events of every keyed command that took effect within the
+    /// idempotency window are, to answer a retry with them.
     outcomes: Remembered,
     /// The plugin-call histogram of this pool's capacity type, looked up once.
     decide_seconds: Histogram,
@@ -259,18 +259,17 @@ impl Entity {
                 return Err(fail(id, reason));
             }
         };
-        let outcomes: Vec<(String, Outcome)> = journal
+        let outcomes: Vec<(String, Taken)> = journal
             .command_outcomes(id, runtime.settings.idempotency_window)
             .await?
             .into_iter()
-            .map(|(key, kept)| match Outcome::from_kept(kept) {
-                Ok(outcome) => Ok((key, outcome)),
-                Err(e) => Err(fail(
+            .filter_map(|(key, kept)| match Outcome::from_kept(kept) {
+                Ok(outcome) => Taken::of(&outcome).map(|taken| Ok((key, taken))),
+                Err(e) => Some(Err(fail(
                     id,
                     format!("the stored outcome of `{key}` is unreadable: {e}"),
-                )),
+                ))),
             })
-            .filter(|entry| entry.as_ref().map_or(true, |(_, o)| o.is_accepted()))
             .collect::<Result<_>>()?;
         let outcomes = Remembered::new(runtime.settings.idempotency_window, outcomes);
         if record.failed_reason.is_some() {
@@ -331,6 +330,8 @@ impl Entity {
         let mut views = Vec::new();
         let shadowing = self.shadow.as_ref().is_some_and(|f| f.live.is_some());
         let mut shadow_work: Vec<ShadowWork> = Vec::new();
+        // Retries of commands taken in earlier batches, answered from the journal.
+        let mut repeats: Vec<(oneshot::Sender<Result<Outcome>>, Taken)> = Vec::new();
 
         for envelope in batch {
             let (request, reply) = match envelope {
@@ -352,18 +353,15 @@ impl Entity {
             // Only what took effect is repeated; a refusal took none, so
             // deciding the command again is as safe as it is useful (the
             // order that did not fit may fit now, or in another slot).
-            if let Some(known) = key
-                .as_ref()
-                .and_then(|k| {
-                    fresh
-                        .get(k)
-                        .map(|(_, o)| o)
-                        .or_else(|| self.outcomes.get(k))
-                })
-                .filter(|o| o.is_accepted())
-            {
-                answers.push((reply, known.clone()));
-                continue;
+            if let Some(k) = &key {
+                if let Some((_, known)) = fresh.get(k).filter(|(_, o)| o.is_accepted()) {
+                    answers.push((reply, known.clone()));
+                    continue;
+                }
+                if let Some(taken) = self.outcomes.get(k) {
+                    repeats.push((reply, taken));
+                    continue;
+                }
             }
             let started = std::time::Instant::now();
             let decided = self.live.decide(&request.context, &request.command);
@@ -396,6 +394,17 @@ impl Entity {
                 fresh.insert(key, (self.seq.after(events.len()), outcome.clone()));
             }
             answers.push((reply, outcome));
+        }
+
+        if !repeats.is_empty() {
+            // Their events are in the journal already: read back beside the
+            // entity, which goes on deciding meanwhile.
+            let (journal, pool) = (runtime.journal.clone(), self.id.clone());
+            tokio::spawn(async move {
+                for (reply, taken) in repeats {
+                    let _ = reply.send(taken.outcome(&journal, &pool).await);
+                }
+            });
         }
 
         // An accepted command's outcome is its events: the last of them
@@ -459,9 +468,9 @@ impl Entity {
                 }
             }
             self.outcomes.expire();
-            for (key, (_, outcome)) in fresh {
-                if outcome.is_accepted() {
-                    self.outcomes.insert(key, outcome);
+            for (key, (_, outcome)) in &fresh {
+                if let Some(taken) = Taken::of(outcome) {
+                    self.outcomes.insert(key, taken);
                 }
             }
         }
