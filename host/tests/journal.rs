@@ -7,7 +7,7 @@ use std::sync::Arc;
 use allot_host::ids::{PoolId, SeqNr};
 use allot_host::journal::{
     Append, CommandRecord, Completion, Error, Fence, Journal, KeptOutcome, NewEvent, PluginRef,
-    PoolViewRow, ViewWriter,
+    PoolViewRow, ViewWriter, WindowedCommand,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -579,12 +579,17 @@ async fn accepted_outcomes_are_their_events() {
     // the outcomes recorded as JSON, so that an acceptance wins.
     let window = std::time::Duration::from_secs(60);
     let remembered = journal.command_outcomes(&id, window).await.unwrap();
-    let accepted: Vec<&str> = remembered
+    let accepted: Vec<(&str, SeqNr, u32)> = remembered
         .iter()
-        .filter(|(_, kept)| matches!(kept, KeptOutcome::Accepted { .. }))
-        .map(|(key, _)| key.as_str())
+        .filter_map(|(key, kept)| match kept {
+            WindowedCommand::Accepted { seq_nr, events } => Some((key.as_str(), *seq_nr, *events)),
+            WindowedCommand::Recorded { .. } => None,
+        })
         .collect();
-    assert_eq!(accepted, ["reserve:one", "reserve:two"]);
+    assert_eq!(
+        accepted,
+        [("reserve:one", SeqNr(1), 1), ("reserve:two", SeqNr(3), 2)]
+    );
     assert_eq!(
         remembered.last().map(|(key, _)| key.as_str()),
         Some("reserve:two")
@@ -599,7 +604,7 @@ async fn accepted_outcomes_are_their_events() {
     let remembered = journal.command_outcomes(&id, window).await.unwrap();
     let accepted: Vec<&str> = remembered
         .iter()
-        .filter(|(_, kept)| matches!(kept, KeptOutcome::Accepted { .. }))
+        .filter(|(_, kept)| matches!(kept, WindowedCommand::Accepted { .. }))
         .map(|(key, _)| key.as_str())
         .collect();
     assert_eq!(accepted, ["reserve:two"]);

@@ -93,16 +93,6 @@ impl Outcome {
         matches!(self, Outcome::Accepted { .. })
     }
 
-    /// The outcome the journal kept for a keyed command.
-    pub fn from_kept(kept: journal::KeptOutcome) -> serde_json::Result<Self> {
-        match kept {
-            journal::KeptOutcome::Accepted { seq_nr, events } => {
-                Ok(Outcome::Accepted { seq_nr, events })
-            }
-            journal::KeptOutcome::Recorded { outcome, .. } => serde_json::from_str(outcome.get()),
-        }
-    }
-
     fn decided(seq_nr: SeqNr, decision: sandbox::Decision) -> Self {
         match decision {
             Ok(events) => Outcome::Accepted { seq_nr, events },

@@ -29,13 +29,17 @@ pub(super) struct Taken {
 }
 
 impl Taken {
+    pub(super) fn new(seq_nr: SeqNr, events: u32) -> Self {
+        Self { seq_nr, events }
+    }
+
     /// Where an accepted outcome's events are; `None` for any other outcome.
     pub(super) fn of(outcome: &Outcome) -> Option<Self> {
         match outcome {
-            Outcome::Accepted { seq_nr, events } => Some(Self {
-                seq_nr: *seq_nr,
-                events: u32::try_from(events.len()).expect("fewer than 2^32 events a command"),
-            }),
+            Outcome::Accepted { seq_nr, events } => Some(Self::new(
+                *seq_nr,
+                u32::try_from(events.len()).expect("fewer than 2^32 events a command"),
+            )),
             _ => None,
         }
     }
@@ -49,8 +53,8 @@ impl Taken {
                 events: Vec::new(),
             });
         }
-        let first = SeqNr(seq_nr.0 - i64::from(events));
-        let read = journal.events(pool, first, i64::from(events)).await?;
+        let before = SeqNr(seq_nr.0 - i64::from(events));
+        let read = journal.events(pool, before, i64::from(events)).await?;
         // Histories have no gaps and are never cut, so anything else is a
         // journal that was changed under the node.
         if read.len() != events as usize || read.last().map(|e| e.seq_nr) != Some(seq_nr) {

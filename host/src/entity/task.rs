@@ -15,7 +15,9 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::shadow::Shadow;
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::{self, Append, CommandRecord, Completion, Fence, NewEvent, PluginRef};
+use crate::journal::{
+    self, Append, CommandRecord, Completion, Fence, NewEvent, PluginRef, WindowedCommand,
+};
 use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
 
@@ -263,12 +265,19 @@ impl Entity {
             .command_outcomes(id, runtime.settings.idempotency_window)
             .await?
             .into_iter()
-            .filter_map(|(key, kept)| match Outcome::from_kept(kept) {
-                Ok(outcome) => Taken::of(&outcome).map(|taken| Ok((key, taken))),
-                Err(e) => Some(Err(fail(
-                    id,
-                    format!("the stored outcome of `{key}` is unreadable: {e}"),
-                ))),
+            .filter_map(|(key, kept)| match kept {
+                WindowedCommand::Accepted { seq_nr, events } => {
+                    Some(Ok((key, Taken::new(seq_nr, events))))
+                }
+                WindowedCommand::Recorded { outcome, .. } => {
+                    match serde_json::from_str::<Outcome>(outcome.get()) {
+                        Ok(outcome) => Taken::of(&outcome).map(|taken| Ok((key, taken))),
+                        Err(e) => Some(Err(fail(
+                            id,
+                            format!("the stored outcome of `{key}` is unreadable: {e}"),
+                        ))),
+                    }
+                }
             })
             .collect::<Result<_>>()?;
         let outcomes = Remembered::new(runtime.settings.idempotency_window, outcomes);

@@ -203,6 +203,26 @@ pub enum KeptOutcome {
     },
 }
 
+/// A keyed command of the idempotency window, as recovery reads it.
+#[derive(Clone, Debug)]
+pub enum WindowedCommand {
+    /// Accepted: its events are the `events` last up to `seq_nr`, which
+    /// are not read, since a retry is rare and reads them then.
+    Accepted {
+        /// The seq of its last event.
+        seq_nr: SeqNr,
+        /// How many events it decided.
+        events: u32,
+    },
+    /// An outcome recorded as JSON, as in [`KeptOutcome::Recorded`].
+    Recorded {
+        /// The pool's seq after the command.
+        seq_nr: SeqNr,
+        /// The outcome.
+        outcome: Json,
+    },
+}
+
 /// A pool's view as of a seq, for the read model's table.
 #[derive(Clone, Debug)]
 pub struct PoolViewRow {
@@ -841,7 +861,12 @@ impl Journal {
         id: &PoolId,
         keys: &[String],
     ) -> Result<HashMap<String, KeptOutcome>> {
-        let mut kept = self.recorded_outcomes(id, Recorded::Keys(keys)).await?;
+        let mut kept: HashMap<String, KeptOutcome> = self
+            .recorded_outcomes(id, Recorded::Keys(keys))
+            .await?
+            .into_iter()
+            .map(|(key, seq_nr, outcome)| (key, KeptOutcome::Recorded { seq_nr, outcome }))
+            .collect();
         // As the hash index `events_by_pool_command` has them: pool and key,
         // which a pool id's lack of spaces keeps apart. The pool is not
         // named on its own, or PostgreSQL may also scan the pool's whole
@@ -860,31 +885,56 @@ impl Journal {
         Ok(kept)
     }
 
-    /// The outcomes of the pool's keyed commands that were accepted within
-    /// `within` of now, with those recorded as JSON in that time (which
-    /// the caller sorts out): what an entity remembers for retries.
+    /// The pool's keyed commands that were accepted within `within` of
+    /// now, with the outcomes recorded as JSON in that time (which the
+    /// caller sorts out): what an entity remembers for retries. The events
+    /// of the accepted ones are counted, not read.
     pub async fn command_outcomes(
         &self,
         id: &PoolId,
         within: std::time::Duration,
-    ) -> Result<Vec<(String, KeptOutcome)>> {
+    ) -> Result<Vec<(String, WindowedCommand)>> {
         let recorded = self.recorded_outcomes(id, Recorded::Within(within)).await?;
         // Per pool, events are recorded in the order of their numbers: the
         // window is the history after the last event recorded before it,
         // which a backward scan of the pool's key finds.
-        let accepted = sqlx::query(AssertSqlSafe(format!(
-            "{ACCEPTED_OUTCOMES} WHERE k.pool_id = $1 AND k.command_key IS NOT NULL
+        let accepted: Vec<(String, i64, Option<i32>)> = sqlx::query_as(
+            "SELECT k.command_key, k.seq_nr, k.command_events FROM events k
+              WHERE k.pool_id = $1 AND k.command_key IS NOT NULL
                 AND k.seq_nr > COALESCE((SELECT max(o.seq_nr) FROM events o WHERE o.pool_id = $1
                       AND o.recorded_at <= now() - make_interval(secs => $2)), 0)
-              ORDER BY k.seq_nr"
-        )))
+              ORDER BY k.seq_nr",
+        )
         .bind(id.as_str())
         .bind(within.as_secs_f64())
         .fetch_all(&self.db)
         .await?;
-        let mut outcomes: Vec<(String, KeptOutcome)> = recorded.into_iter().collect();
-        for row in accepted {
-            outcomes.push((row.get("command_key"), accepted_outcome(id, &row)?));
+        let mut outcomes: Vec<(String, WindowedCommand)> = recorded
+            .into_iter()
+            .map(|(key, seq_nr, outcome)| (key, WindowedCommand::Recorded { seq_nr, outcome }))
+            .collect();
+        for (key, seq_nr, events) in accepted {
+            // The event that carries a key says how many events its command
+            // decided: itself and those just before it.
+            let Some(events) = events
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+            else {
+                return Err(Error::Corrupt {
+                    pool: id.clone(),
+                    reason: match events {
+                        Some(n) => format!("event {seq_nr} completes `{key}` with {n} events"),
+                        None => format!("event {seq_nr} completes `{key}` with no count of events"),
+                    },
+                });
+            };
+            outcomes.push((
+                key,
+                WindowedCommand::Accepted {
+                    seq_nr: SeqNr(seq_nr),
+                    events,
+                },
+            ));
         }
         Ok(outcomes)
     }
@@ -894,7 +944,7 @@ impl Journal {
         &self,
         id: &PoolId,
         which: Recorded<'_>,
-    ) -> Result<HashMap<String, KeptOutcome>> {
+    ) -> Result<Vec<(String, SeqNr, Json)>> {
         const SELECT: &str = "SELECT idempotency_key, seq_nr, outcome::text AS outcome
                                 FROM commands WHERE pool_id = $1";
         let rows = match which {
@@ -915,10 +965,8 @@ impl Journal {
             .map(|row| {
                 Ok((
                     row.get("idempotency_key"),
-                    KeptOutcome::Recorded {
-                        seq_nr: SeqNr(row.get("seq_nr")),
-                        outcome: json(id, row.get("outcome"))?,
-                    },
+                    SeqNr(row.get("seq_nr")),
+                    json(id, row.get("outcome"))?,
                 ))
             })
             .collect()
