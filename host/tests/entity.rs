@@ -436,22 +436,23 @@ async fn a_retry_is_answered_with_every_event_of_its_command() {
             .unwrap()
     );
     // Minutes after 09:00 on the day of departure.
-    let at = |minutes: i64, reservation: &str, load: serde_json::Value| {
-        let mut request = reserve(reservation, 0);
-        request.command = Command::Reserve {
-            id: reservation.into(),
+    let at = |minutes: i64, id: &str, load: serde_json::Value| {
+        let mut reservation = request(Command::Reserve {
+            id: id.into(),
             request: raw(load),
-        };
-        request.context.now_ms = 1_930_899_600_000 + minutes * 60_000;
-        request
+        });
+        reservation.context.now_ms = 1_930_899_600_000 + minutes * 60_000;
+        reservation
     };
     let hold = json!({ "weight_kg": 800, "pallets": 1, "hold_minutes": 15 });
     let held = runtime.execute(&id, at(0, "h1", hold)).await.unwrap();
     assert!(held.is_accepted(), "{held:?}");
     // The hold has run out by then: the booking decides its expiry too.
     let load = json!({ "weight_kg": 300 });
-    let booked = runtime.execute(&id, at(20, "b1", load.clone())).await;
-    let booked = booked.unwrap();
+    let booked = runtime
+        .execute(&id, at(20, "b1", load.clone()))
+        .await
+        .unwrap();
     match &booked {
         Outcome::Accepted { events, .. } => assert_eq!(events.len(), 2, "{events:?}"),
         other => panic!("{other:?}"),
