@@ -269,7 +269,7 @@ impl Entity {
                 WindowedCommand::Accepted { seq_nr, events } => {
                     Some(Ok((key, Taken::new(seq_nr, events))))
                 }
-                WindowedCommand::Recorded { outcome, .. } => {
+                WindowedCommand::Recorded { outcome } => {
                     match serde_json::from_str::<Outcome>(outcome.get()) {
                         Ok(outcome) => Taken::of(&outcome).map(|taken| Ok((key, taken))),
                         Err(e) => Some(Err(fail(

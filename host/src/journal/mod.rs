@@ -216,8 +216,6 @@ pub enum WindowedCommand {
     },
     /// An outcome recorded as JSON, as in [`KeptOutcome::Recorded`].
     Recorded {
-        /// The pool's seq after the command.
-        seq_nr: SeqNr,
         /// The outcome.
         outcome: Json,
     },
@@ -911,7 +909,7 @@ impl Journal {
         .await?;
         let mut outcomes: Vec<(String, WindowedCommand)> = recorded
             .into_iter()
-            .map(|(key, seq_nr, outcome)| (key, WindowedCommand::Recorded { seq_nr, outcome }))
+            .map(|(key, _, outcome)| (key, WindowedCommand::Recorded { outcome }))
             .collect();
         for (key, seq_nr, events) in accepted {
             // The event that carries a key says how many events its command
