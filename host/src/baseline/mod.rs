@@ -472,12 +472,15 @@ async fn grid(
     let prefix = query.prefix.unwrap_or_default();
     let rows: Vec<(String, String, i64, i64, i64, OffsetDateTime)> = sqlx::query_as(
         "SELECT pool_id, name, capacity, used, seq_nr, updated_at FROM baseline.pools
-          WHERE pool_id >= $1 AND pool_id < $2 AND ($3::text IS NULL OR pool_id > $3)
+          WHERE pool_id >= $1 AND pool_id < $2 AND pool_id > $3
           ORDER BY pool_id LIMIT $4",
     )
     .bind(&prefix)
     .bind(format!("{prefix}{ID_CEILING}"))
-    .bind(&query.after)
+    // Every bound is a bound of the index scan: a page after another
+    // starts where that one ended, rather than filtering from the prefix's
+    // first pool. Pool ids are never empty, so "" keeps them all.
+    .bind(query.after.as_deref().unwrap_or(""))
     .bind(limit as i64 + 1)
     .fetch_all(&state.db)
     .await
