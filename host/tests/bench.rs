@@ -22,6 +22,9 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
             "100",
             "--read-rate",
             "300",
+            // Grid reads of pages of pools, which page through the ids.
+            "--grid-pools",
+            "5",
             "--mixed-rate",
             "200",
             "--churn",
@@ -107,6 +110,7 @@ fn bad_benchmark_arguments_are_refused_before_anything_starts() {
             "--write-rate must be a positive",
         ),
         (&["--duration", "soon"][..], "is not a duration"),
+        (&["--grid-pools", "0"][..], "0 is not in 1..=1000"),
         (
             &["--view-row-interval", "2.5ms"][..],
             "finer than the whole milliseconds",

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Grid reads per second offered in `grid`.
     #[arg(long, default_value_t = 10_000.0)]
     read_rate: f64,
+    /// Pools in each grid read, one page of neighbouring spread pools (as a
+    /// checkout page shows a week of slots); 1 reads a single pool.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    grid_pools: u64,
     /// Requests per second offered in `mixed` (75 % reads, 25 % reservations).
     #[arg(long, default_value_t = 4_000.0)]
     mixed_rate: f64,
@@ -349,6 +353,7 @@ struct Bench {
     session: String,
     runs: u64,
     churn: u64,
+    grid_pools: usize,
     client_threads: usize,
     comparisons: Vec<Comparison>,
     disk: Option<DiskProbe>,
@@ -513,6 +518,7 @@ impl Bench {
             session,
             runs: 0,
             churn: args.churn,
+            grid_pools: args.grid_pools as usize,
             client_threads: args.client_threads,
             comparisons: Vec::new(),
             disk_total: DiskFigures::default(),
@@ -729,6 +735,8 @@ impl Bench {
         .collect();
         let run = format!("{}-{}", self.session, self.runs);
         let churn = if warm_up > 0 { 0 } else { self.churn };
+        let page = self.grid_pools.min(pools.len()).max(1);
+        let common = format!("bench-{}-spread-", self.session);
         // Every `stride`-th request writes; the rest of a mixed load reads.
         let stride = match load {
             Load::Mixed if warm_up > 0 => warm_up,
@@ -743,10 +751,22 @@ impl Bench {
                 None => &pools[(load::spread(i) % n) as usize],
             };
             if load == Load::Grid || i % stride != 0 {
-                let (_, id) = pick(i);
+                let path = if page == 1 {
+                    format!("/v1/grid?prefix={}&limit=1", pick(i).1)
+                } else {
+                    // A page of neighbours: the spread pools' ids sort in
+                    // the order they were made.
+                    match load::spread(i) % (n - page as u64 + 1) {
+                        0 => format!("/v1/grid?prefix={common}&limit={page}"),
+                        first => format!(
+                            "/v1/grid?prefix={common}&after={}&limit={page}",
+                            pools[first as usize - 1].1
+                        ),
+                    }
+                };
                 return Shot {
                     method: Method::GET,
-                    path: format!("/v1/grid?prefix={id}&limit=1"),
+                    path,
                     body: None,
                     pool: None,
                 };
