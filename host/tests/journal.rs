@@ -575,6 +575,29 @@ async fn accepted_outcomes_are_their_events() {
         other => panic!("{other:?}"),
     }
 
+    // A retry's read-back: the command's events, the last of them marked
+    // with its key; anything else is a corrupt history, not an answer.
+    let read = journal
+        .events_of_command(&id, "reserve:two", SeqNr(3), 2)
+        .await
+        .unwrap();
+    assert_eq!(payloads(&read), [json!({ "n": 1 }), json!({ "n": 2 })]);
+    for (key, seq_nr, count) in [
+        ("reserve:one", 3, 2),
+        ("reserve:two", 4, 2),
+        ("reserve:one", 2, 1),
+    ] {
+        match journal
+            .events_of_command(&id, key, SeqNr(seq_nr), count)
+            .await
+        {
+            Err(allot_host::journal::Error::Corrupt { reason, .. }) => {
+                assert!(reason.contains(key), "{reason}")
+            }
+            other => panic!("{key} up to {seq_nr}: {other:?}"),
+        }
+    }
+
     // What an entity remembers: the acceptances within the window, after
     // the outcomes recorded as JSON, so that an acceptance wins.
     let window = std::time::Duration::from_secs(60);

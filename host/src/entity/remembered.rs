@@ -3,21 +3,45 @@
 //! rate of commands and not its age.
 //!
 //! A retry is rare and its outcome is in the journal: the events of the
-//! command, the last of them at a known seq. So what is kept per key is
-//! where those events are, not the events themselves, and a retry reads
-//! them back. Over an hour's window at thousands of commands a second,
-//! these keys are most of a node's memory: about 160 bytes each this way,
-//! against about 420 with whole outcomes, in the benchmark's reservations.
+//! command, the last of them at a known seq and marked with its key. So
+//! what is kept per key is where those events are, under a fingerprint of
+//! the key, and a retry reads them back, checking the key. Over an hour's
+//! window at thousands of commands a second, these keys are most of a
+//! node's memory.
+//!
+//! Keys are kept in spans of a quarter of the window, a map each: a key is
+//! honoured for at least the window and at most a span longer, and a span
+//! past that is dropped whole, with no record per key of when it came.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 use super::{Error, Outcome, Result};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::Journal;
+
+/// Spans the window is kept in.
+const SPANS: u32 = 4;
+
+/// A key by the first 128 bits of its SHA-256: 16 bytes however long the
+/// key is. Two of a pool's `n` keys share one with a chance of about
+/// n²/2¹²⁹, 10⁻²³ for an hour of 20,000 commands a second; and a retry
+/// whose events turn out to complete another key is an error, never
+/// another command's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Fingerprint(u128);
+
+impl Fingerprint {
+    fn of(key: &str) -> Self {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut first = [0; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self(u128::from_le_bytes(first))
+    }
+}
 
 /// Where the events of a command that took effect are in its pool's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,74 +68,170 @@ impl Taken {
         }
     }
 
-    /// The outcome again, its events read back from the journal.
-    pub(super) async fn outcome(self, journal: &Journal, pool: &PoolId) -> Result<Outcome> {
+    /// The outcome of command `key` again, its events read back from the
+    /// journal.
+    pub(super) async fn outcome(
+        self,
+        journal: &Journal,
+        pool: &PoolId,
+        key: &str,
+    ) -> Result<Outcome> {
         let Taken { seq_nr, events } = self;
-        if events == 0 {
-            return Ok(Outcome::Accepted {
-                seq_nr,
-                events: Vec::new(),
-            });
-        }
-        let before = SeqNr(seq_nr.0 - i64::from(events));
-        let read = journal.events(pool, before, i64::from(events)).await?;
-        // Histories have no gaps and are never cut, so anything else is a
-        // journal that was changed under the node.
-        if read.len() != events as usize || read.last().map(|e| e.seq_nr) != Some(seq_nr) {
-            return Err(Error::Journal(crate::journal::Error::Corrupt {
-                pool: pool.clone(),
-                reason: format!(
-                    "the {events} events of a command that took effect, up to {seq_nr}, are not all there"
-                ),
-            }));
-        }
-        Ok(Outcome::Accepted {
-            seq_nr,
-            events: read.into_iter().map(|e| e.payload).collect(),
-        })
+        let events = match events {
+            0 => Vec::new(),
+            count => journal
+                .events_of_command(pool, key, seq_nr, count)
+                .await
+                .map_err(Error::Journal)?,
+        };
+        Ok(Outcome::Accepted { seq_nr, events })
     }
 }
 
 pub(super) struct Remembered {
-    window: Duration,
-    taken: HashMap<Arc<str>, Taken>,
-    /// Keys in the order they were taken, to forget the oldest first.
-    order: VecDeque<(Instant, Arc<str>)>,
+    /// How long a span takes new keys: a quarter of the window.
+    span: Duration,
+    /// The keys taken in each span, by when it opened, the newest last.
+    spans: VecDeque<(Instant, HashMap<Fingerprint, Taken>)>,
 }
 
 impl Remembered {
     /// The commands taken within the window, as recovery finds them.
     pub(super) fn new(window: Duration, recovered: Vec<(String, Taken)>) -> Self {
         let mut remembered = Self {
-            window,
-            taken: HashMap::with_capacity(recovered.len()),
-            order: VecDeque::with_capacity(recovered.len()),
+            span: window / SPANS,
+            spans: VecDeque::new(),
         };
-        for (key, taken) in recovered {
-            remembered.insert(&key, taken);
+        if !recovered.is_empty() {
+            let keys = recovered
+                .into_iter()
+                .map(|(key, taken)| (Fingerprint::of(&key), taken))
+                .collect();
+            remembered.spans.push_back((Instant::now(), keys));
         }
         remembered
     }
 
     pub(super) fn get(&self, key: &str) -> Option<Taken> {
-        self.taken.get(key).copied()
+        let key = Fingerprint::of(key);
+        self.spans
+            .iter()
+            .rev()
+            .find_map(|(_, keys)| keys.get(&key).copied())
     }
 
     pub(super) fn insert(&mut self, key: &str, taken: Taken) {
-        let key: Arc<str> = Arc::from(key);
-        self.order.push_back((Instant::now(), key.clone()));
-        self.taken.insert(key, taken);
+        let now = Instant::now();
+        let open = self
+            .spans
+            .back()
+            .is_some_and(|(opened, _)| now.duration_since(*opened) < self.span);
+        if !open {
+            self.spans.push_back((now, HashMap::new()));
+        }
+        let (_, keys) = self.spans.back_mut().expect("a span taking keys");
+        keys.insert(Fingerprint::of(key), taken);
     }
 
-    /// Forgets what is older than the window.
+    /// Forgets the spans whose every key is older than the window.
     pub(super) fn expire(&mut self) {
         let now = Instant::now();
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) <= self.window {
-                break;
-            }
-            let (_, key) = self.order.pop_front().expect("a front entry");
-            self.taken.remove(&key);
+        // A span's last key came just before it closed, a span after it opened.
+        let kept = self.span * (SPANS + 1);
+        while self
+            .spans
+            .front()
+            .is_some_and(|(opened, _)| now.duration_since(*opened) > kept)
+        {
+            self.spans.pop_front();
         }
+    }
+
+    /// Keys remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.spans.iter().map(|(_, keys)| keys.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(3600);
+    const SPAN: Duration = Duration::from_secs(900);
+
+    fn taken(n: i64) -> Taken {
+        Taken::new(SeqNr(n), 1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_honoured_for_the_window_and_at_most_a_span_more() {
+        let mut remembered = Remembered::new(WINDOW, Vec::new());
+        remembered.insert("early", taken(1));
+        tokio::time::advance(SPAN - Duration::from_secs(1)).await;
+        // The last key of the first span.
+        remembered.insert("late", taken(2));
+        assert_eq!(remembered.spans.len(), 1);
+
+        // Each is honoured a whole window after it was taken.
+        tokio::time::advance(WINDOW).await;
+        remembered.expire();
+        assert_eq!(remembered.get("early"), Some(taken(1)));
+        assert_eq!(remembered.get("late"), Some(taken(2)));
+        assert_eq!(remembered.get("never"), None);
+
+        // Once the span's last key is past the window, the span goes.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        remembered.expire();
+        assert_eq!(remembered.get("early"), None);
+        assert_eq!(remembered.get("late"), None);
+        assert_eq!(remembered.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_keys_keeps_a_window_and_a_span_of_them() {
+        let mut remembered = Remembered::new(WINDOW, Vec::new());
+        // One key a second for three windows.
+        for n in 0..3 * 3600 {
+            remembered.expire();
+            remembered.insert(&format!("key-{n}"), taken(n));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        remembered.expire();
+        // Key n was taken n seconds in; it is now 3 hours in. Everything
+        // within the window is there, nothing older than a span more.
+        let now = 3 * 3600;
+        for n in [now - 1, now - 3600] {
+            assert_eq!(remembered.get(&format!("key-{n}")), Some(taken(n)));
+        }
+        assert_eq!(
+            remembered.get(&format!("key-{}", now - 3600 - 900 - 1)),
+            None
+        );
+        assert!(
+            (3600..=3600 + 900).contains(&remembered.len()),
+            "{}",
+            remembered.len()
+        );
+        assert!(remembered.spans.len() <= SPANS as usize + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovered_keys_are_honoured_for_a_window_from_recovery() {
+        let mut remembered = Remembered::new(WINDOW, vec![("recovered".into(), taken(7))]);
+        tokio::time::advance(WINDOW).await;
+        remembered.expire();
+        assert_eq!(remembered.get("recovered"), Some(taken(7)));
+        tokio::time::advance(SPAN + Duration::from_secs(1)).await;
+        remembered.expire();
+        assert_eq!(remembered.get("recovered"), None);
+    }
+
+    #[test]
+    fn keys_are_told_apart_by_their_fingerprints() {
+        assert_eq!(Fingerprint::of("order-1"), Fingerprint::of("order-1"));
+        assert_ne!(Fingerprint::of("order-1"), Fingerprint::of("order-2"));
+        assert_ne!(Fingerprint::of(""), Fingerprint::of("\0"));
     }
 }

@@ -340,7 +340,7 @@ impl Entity {
         let shadowing = self.shadow.as_ref().is_some_and(|f| f.live.is_some());
         let mut shadow_work: Vec<ShadowWork> = Vec::new();
         // Retries of commands taken in earlier batches, answered from the journal.
-        let mut repeats: Vec<(oneshot::Sender<Result<Outcome>>, Taken)> = Vec::new();
+        let mut repeats: Vec<(oneshot::Sender<Result<Outcome>>, Taken, String)> = Vec::new();
 
         for envelope in batch {
             let (request, reply) = match envelope {
@@ -368,7 +368,7 @@ impl Entity {
                     continue;
                 }
                 if let Some(taken) = self.outcomes.get(k) {
-                    repeats.push((reply, taken));
+                    repeats.push((reply, taken, k.clone()));
                     continue;
                 }
             }
@@ -410,8 +410,8 @@ impl Entity {
             // entity, which goes on deciding meanwhile.
             let (journal, pool) = (runtime.journal.clone(), self.id.clone());
             tokio::spawn(async move {
-                for (reply, taken) in repeats {
-                    let _ = reply.send(taken.outcome(&journal, &pool).await);
+                for (reply, taken, key) in repeats {
+                    let _ = reply.send(taken.outcome(&journal, &pool, &key).await);
                 }
             });
         }

@@ -692,6 +692,43 @@ impl Journal {
             .collect()
     }
 
+    /// The events of a command that took effect: the `count` events up to
+    /// `seq_nr`, the last of which completes the command `key`. Histories
+    /// have no gaps and are never cut, so anything else is `Corrupt`.
+    pub async fn events_of_command(
+        &self,
+        id: &PoolId,
+        key: &str,
+        seq_nr: SeqNr,
+        count: u32,
+    ) -> Result<Vec<Json>> {
+        let rows = sqlx::query(
+            "SELECT seq_nr, payload::text AS payload, command_key FROM events
+              WHERE pool_id = $1 AND seq_nr > $2 AND seq_nr <= $3 ORDER BY seq_nr",
+        )
+        .bind(id.as_str())
+        .bind(seq_nr.0 - i64::from(count))
+        .bind(seq_nr.0)
+        .fetch_all(&self.db)
+        .await?;
+        let completes = rows.last().and_then(|row| {
+            let last: i64 = row.get("seq_nr");
+            let completes: Option<&str> = row.get("command_key");
+            (last == seq_nr.0).then_some(completes).flatten()
+        });
+        if rows.len() != count as usize || completes != Some(key) {
+            return Err(Error::Corrupt {
+                pool: id.clone(),
+                reason: format!(
+                    "the {count} events up to {seq_nr} are not those of the command `{key}`"
+                ),
+            });
+        }
+        rows.into_iter()
+            .map(|row| json(id, row.get("payload")))
+            .collect()
+    }
+
     /// Where the pool's history ends.
     pub async fn last_seq(&self, id: &PoolId) -> Result<SeqNr> {
         let last: i64 =
