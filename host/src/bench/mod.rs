@@ -746,23 +746,22 @@ impl Bench {
         Arc::new(move |i| {
             let n = pools.len() as u64;
             // Warming up visits every pool in turn; the load picks at random.
-            let pick = |i: u64| match i.checked_div(warm_up) {
-                Some(turn) => &pools[(turn % n) as usize],
-                None => &pools[(load::spread(i) % n) as usize],
+            let at = |i: u64| match i.checked_div(warm_up) {
+                Some(turn) => (turn % n) as usize,
+                None => (load::spread(i) % n) as usize,
             };
+            let pick = |i: u64| &pools[at(i)];
             if load == Load::Grid || i % stride != 0 {
-                let path = if page == 1 {
-                    format!("/v1/grid?prefix={}&limit=1", pick(i).1)
-                } else {
-                    // A page of neighbours: the spread pools' ids sort in
-                    // the order they were made.
-                    match load::spread(i) % (n - page as u64 + 1) {
-                        0 => format!("/v1/grid?prefix={common}&limit={page}"),
-                        first => format!(
-                            "/v1/grid?prefix={common}&after={}&limit={page}",
-                            pools[first as usize - 1].1
-                        ),
-                    }
+                // A page of the picked pool and its next neighbours (the
+                // last page when too few follow): the spread pools' ids
+                // sort in the order they were made.
+                let path = match at(i).min(pools.len() - page) {
+                    _ if page == 1 => format!("/v1/grid?prefix={}&limit=1", pick(i).1),
+                    0 => format!("/v1/grid?prefix={common}&limit={page}"),
+                    first => format!(
+                        "/v1/grid?prefix={common}&after={}&limit={page}",
+                        pools[first - 1].1
+                    ),
                 };
                 return Shot {
                     method: Method::GET,
