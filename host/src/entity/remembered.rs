@@ -32,10 +32,10 @@ const SPANS: u32 = 4;
 /// whose events turn out to complete another key is an error, never
 /// another command's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Fingerprint(u128);
+pub(super) struct Fingerprint(u128);
 
 impl Fingerprint {
-    fn of(key: &str) -> Self {
+    pub(super) fn of(key: &str) -> Self {
         let digest = Sha256::digest(key.as_bytes());
         let mut first = [0; 16];
         first.copy_from_slice(&digest[..16]);
@@ -112,15 +112,14 @@ impl Remembered {
         remembered
     }
 
-    pub(super) fn get(&self, key: &str) -> Option<Taken> {
-        let key = Fingerprint::of(key);
+    pub(super) fn get(&self, key: Fingerprint) -> Option<Taken> {
         self.spans
             .iter()
             .rev()
             .find_map(|(_, keys)| keys.get(&key).copied())
     }
 
-    pub(super) fn insert(&mut self, key: &str, taken: Taken) {
+    pub(super) fn insert(&mut self, key: Fingerprint, taken: Taken) {
         let now = Instant::now();
         let open = self
             .spans
@@ -130,7 +129,7 @@ impl Remembered {
             self.spans.push_back((now, HashMap::new()));
         }
         let (_, keys) = self.spans.back_mut().expect("a span taking keys");
-        keys.insert(Fingerprint::of(key), taken);
+        keys.insert(key, taken);
     }
 
     /// Forgets the spans whose every key is older than the window.
@@ -168,24 +167,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_key_is_honoured_for_the_window_and_at_most_a_span_more() {
         let mut remembered = Remembered::new(WINDOW, Vec::new());
-        remembered.insert("early", taken(1));
+        remembered.insert(Fingerprint::of("early"), taken(1));
         tokio::time::advance(SPAN - Duration::from_secs(1)).await;
         // The last key of the first span.
-        remembered.insert("late", taken(2));
+        remembered.insert(Fingerprint::of("late"), taken(2));
         assert_eq!(remembered.spans.len(), 1);
 
         // Each is honoured a whole window after it was taken.
         tokio::time::advance(WINDOW).await;
         remembered.expire();
-        assert_eq!(remembered.get("early"), Some(taken(1)));
-        assert_eq!(remembered.get("late"), Some(taken(2)));
-        assert_eq!(remembered.get("never"), None);
+        assert_eq!(remembered.get(Fingerprint::of("early")), Some(taken(1)));
+        assert_eq!(remembered.get(Fingerprint::of("late")), Some(taken(2)));
+        assert_eq!(remembered.get(Fingerprint::of("never")), None);
 
         // Once the span's last key is past the window, the span goes.
         tokio::time::advance(Duration::from_secs(2)).await;
         remembered.expire();
-        assert_eq!(remembered.get("early"), None);
-        assert_eq!(remembered.get("late"), None);
+        assert_eq!(remembered.get(Fingerprint::of("early")), None);
+        assert_eq!(remembered.get(Fingerprint::of("late")), None);
         assert_eq!(remembered.len(), 0);
     }
 
@@ -195,7 +194,7 @@ mod tests {
         // One key a second for three windows.
         for n in 0..3 * 3600 {
             remembered.expire();
-            remembered.insert(&format!("key-{n}"), taken(n));
+            remembered.insert(Fingerprint::of(&format!("key-{n}")), taken(n));
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         remembered.expire();
@@ -203,10 +202,13 @@ mod tests {
         // within the window is there, nothing older than a span more.
         let now = 3 * 3600;
         for n in [now - 1, now - 3600] {
-            assert_eq!(remembered.get(&format!("key-{n}")), Some(taken(n)));
+            assert_eq!(
+                remembered.get(Fingerprint::of(&format!("key-{n}"))),
+                Some(taken(n))
+            );
         }
         assert_eq!(
-            remembered.get(&format!("key-{}", now - 3600 - 900 - 1)),
+            remembered.get(Fingerprint::of(&format!("key-{}", now - 3600 - 900 - 1))),
             None
         );
         assert!(
@@ -222,10 +224,10 @@ mod tests {
         let mut remembered = Remembered::new(WINDOW, vec![("recovered".into(), taken(7))]);
         tokio::time::advance(WINDOW).await;
         remembered.expire();
-        assert_eq!(remembered.get("recovered"), Some(taken(7)));
+        assert_eq!(remembered.get(Fingerprint::of("recovered")), Some(taken(7)));
         tokio::time::advance(SPAN + Duration::from_secs(1)).await;
         remembered.expire();
-        assert_eq!(remembered.get("recovered"), None);
+        assert_eq!(remembered.get(Fingerprint::of("recovered")), None);
     }
 
     #[test]

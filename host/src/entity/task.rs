@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
-use super::remembered::{Remembered, Taken};
+use super::remembered::{Fingerprint, Remembered, Taken};
 use super::replay::{ReplayError, Replayed, replay};
 use super::runtime::Inner;
 use super::{Error, Outcome, Request, Result};
@@ -332,8 +332,9 @@ impl Entity {
     ) -> Result<(), crate::journal::Error> {
         let now = Instant::now();
         let mut events: Vec<NewEvent> = Vec::new();
-        // The latest outcome of each keyed command of the batch.
-        let mut fresh: HashMap<String, (SeqNr, Outcome)> = HashMap::new();
+        // The latest outcome of each keyed command of the batch, with the
+        // key's fingerprint, made once.
+        let mut fresh: HashMap<String, (SeqNr, Outcome, Fingerprint)> = HashMap::new();
         let mut answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)> =
             Vec::with_capacity(batch.len());
         let mut views = Vec::new();
@@ -358,16 +359,19 @@ impl Entity {
                 let _ = reply.send(Err(Error::DeadlinePassed));
                 continue;
             }
-            let key = request.key();
+            let key = request.key().map(|key| {
+                let print = Fingerprint::of(&key);
+                (key, print)
+            });
             // Only what took effect is repeated; a refusal took none, so
             // deciding the command again is as safe as it is useful (the
             // order that did not fit may fit now, or in another slot).
-            if let Some(k) = &key {
-                if let Some((_, known)) = fresh.get(k).filter(|(_, o)| o.is_accepted()) {
+            if let Some((k, print)) = &key {
+                if let Some((_, known, _)) = fresh.get(k).filter(|(_, o, _)| o.is_accepted()) {
                     answers.push((reply, known.clone()));
                     continue;
                 }
-                if let Some(taken) = self.outcomes.get(k) {
+                if let Some(taken) = self.outcomes.get(*print) {
                     repeats.push((reply, taken, k.clone()));
                     continue;
                 }
@@ -399,8 +403,8 @@ impl Entity {
                 }));
             }
             let outcome = Outcome::decided(self.seq.after(events.len()), decision);
-            if let Some(key) = key {
-                fresh.insert(key, (self.seq.after(events.len()), outcome.clone()));
+            if let Some((key, print)) = key {
+                fresh.insert(key, (self.seq.after(events.len()), outcome.clone(), print));
             }
             answers.push((reply, outcome));
         }
@@ -420,7 +424,7 @@ impl Entity {
         // carries its key. Only outcomes without events are records of
         // their own.
         let mut records: Vec<CommandRecord> = Vec::new();
-        for (key, (seq_nr, outcome)) in &fresh {
+        for (key, (seq_nr, outcome, _)) in &fresh {
             match outcome {
                 Outcome::Accepted {
                     events: decided, ..
@@ -477,9 +481,9 @@ impl Entity {
                 }
             }
             self.outcomes.expire();
-            for (key, (_, outcome)) in &fresh {
+            for (_, outcome, print) in fresh.values() {
                 if let Some(taken) = Taken::of(outcome) {
-                    self.outcomes.insert(key, taken);
+                    self.outcomes.insert(*print, taken);
                 }
             }
         }
