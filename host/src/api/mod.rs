@@ -38,7 +38,7 @@ pub use openapi::document;
 // The baseline server answers in the same shapes.
 pub(crate) use auth::{ANYONE, PLANNING};
 pub(crate) use checkout::{Decided, ReserveBody};
-pub(crate) use grid::{CellOut, Grid, GridPool, GridQuery, PagePool, ReadModelStatus, time_ms};
+pub(crate) use grid::{CellOut, GridPool, GridQuery, PageJson, ReadModelStatus, time_ms};
 pub(crate) use pools::{CreatePool, Created};
 
 use crate::entity::Runtime;

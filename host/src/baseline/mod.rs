@@ -20,6 +20,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
 use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
@@ -28,8 +29,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
 use crate::api::{
-    self, ApiError, Body, Caller, CellOut, CreatePool, Created, Decided, Grid, GridPool, GridQuery,
-    Meta, PagePool, Path, Query, ReadModelStatus, ReserveBody, Tokens,
+    self, ApiError, Body, Caller, CellOut, CreatePool, Created, Decided, GridPool, GridQuery, Meta,
+    PageJson, Path, Query, ReadModelStatus, ReserveBody, Tokens,
 };
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Problem};
@@ -449,7 +450,7 @@ async fn grid(
     State(state): State<Baseline>,
     caller: Caller,
     Query(query): Query<GridQuery>,
-) -> Result<axum::Json<Grid>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(api::ANYONE)?;
     let limit = query.page_size()?;
     // Quota cells have no time range: `from` and `to` are checked, and keep
@@ -467,7 +468,7 @@ async fn grid(
         .as_deref()
         .is_some_and(|t| t != CAPACITY_TYPE)
     {
-        return Ok(axum::Json(page(Vec::new(), limit)));
+        return Ok(page(Vec::new(), limit));
     }
     let prefix = query.prefix.unwrap_or_default();
     let rows: Vec<(String, String, i64, i64, i64, OffsetDateTime)> = sqlx::query_as(
@@ -509,21 +510,24 @@ async fn grid(
             })
         })
         .collect();
-    Ok(axum::Json(page(pools, limit)))
+    Ok(page(pools, limit))
 }
 
 /// A page of at most `limit` pools, from up to one more.
-fn page(mut pools: Vec<GridPool>, limit: usize) -> Grid {
+fn page(mut pools: Vec<GridPool>, limit: usize) -> Response {
     let next = (pools.len() > limit).then(|| {
         pools.truncate(limit);
-        pools.last().map(|p| p.pool.to_string())
+        pools.last().map(|p| p.pool.clone())
     });
-    Grid {
-        pools: pools.into_iter().map(PagePool::Part).collect(),
-        next: next.flatten(),
-        read_model: ReadModelStatus {
+    let mut json = PageJson::for_entries(pools.len());
+    for pool in &pools {
+        json.push(pool);
+    }
+    json.finish(
+        next.flatten().as_ref().map(PoolId::as_str),
+        &ReadModelStatus {
             listening: true,
             lag_ms: 0,
         },
-    }
+    )
 }

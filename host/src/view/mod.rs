@@ -9,8 +9,10 @@
 //! and a full comparison runs now and then. A row replaces what is held
 //! only if its seq is newer, so the order rows arrive in does not matter.
 //!
-//! Queries take a read lock on the map for as long as it takes to clone a
-//! few `Arc`s; no query ever touches an entity or the database.
+//! A query reads a page under a read lock on the map, without cloning the
+//! `Arc`s it does not keep: two cores reading the same pools would pass
+//! their counts' cache lines to and fro. No query ever touches an entity or
+//! the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -109,13 +111,22 @@ impl Filter {
     }
 }
 
-/// A page of the grid.
+/// The cells of a pool that a filter keeps.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Every cell.
+    All,
+    /// These cells, by index; never all of them and never none.
+    Some(Vec<usize>),
+}
+
+/// A page of the grid, borrowed from the read model while it is held.
 #[derive(Debug)]
-pub struct Page {
+pub struct Page<'a> {
     /// The pools, by id, each with the cells the filter keeps.
-    pub pools: Vec<(Arc<PoolView>, Vec<usize>)>,
+    pub pools: Vec<(&'a Arc<PoolView>, Kept)>,
     /// Where the next page starts, if there may be one.
-    pub next: Option<PoolId>,
+    pub next: Option<&'a PoolId>,
 }
 
 /// How fresh the read model is.
@@ -243,20 +254,27 @@ impl ReadModel {
         self.len() == 0
     }
 
-    /// A page of pools that match the filter, in id order.
-    pub fn query(&self, filter: &Filter) -> Page {
+    /// Runs `read` on a page of the pools that match the filter, in id
+    /// order, while the map is read-locked. A view published meanwhile
+    /// waits until it returns, so `read` should copy what it needs and
+    /// return: a pool whose `Arc` it clones can be read at leisure.
+    pub fn read_page<R>(&self, filter: &Filter, read: impl FnOnce(Page<'_>) -> R) -> R {
         let pools = self.shared.pools.read().expect("views");
         let prefix = filter.prefix.as_deref().unwrap_or("");
-        let start = match &filter.after {
-            Some(after) => Bound::Excluded(after.clone()),
-            None => match PoolId::new(prefix) {
-                Ok(id) => Bound::Included(id),
-                Err(_) => Bound::Unbounded,
-            },
+        let from_prefix = match filter.after {
+            Some(_) => None,
+            None => PoolId::new(prefix).ok(),
         };
-        let mut page = Vec::new();
-        let mut next = None;
-        for (id, pool) in pools.range((start, Bound::Unbounded)) {
+        let start = match (&filter.after, &from_prefix) {
+            (Some(after), _) => Bound::Excluded(after),
+            (None, Some(id)) => Bound::Included(id),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut page = Page {
+            pools: Vec::new(),
+            next: None,
+        };
+        for (id, pool) in pools.range::<PoolId, _>((start, Bound::Unbounded)) {
             if !id.as_str().starts_with(prefix) {
                 // Ids sort by bytes, so past the prefix's range nothing matches.
                 if id.as_str() > prefix {
@@ -271,21 +289,29 @@ impl ReadModel {
             {
                 continue;
             }
-            let cells: Vec<usize> = (0..pool.view.cells.len())
-                .filter(|&i| filter.keeps_cell(&pool.view.cells[i]))
-                .collect();
-            if cells.is_empty() && filter.has_time_range() {
-                continue;
-            }
-            if page.len() == filter.limit {
-                next = page
-                    .last()
-                    .map(|(p, _): &(Arc<PoolView>, _)| p.pool.clone());
+            let kept = if filter.has_time_range() {
+                let cells = &pool.view.cells;
+                let kept: Vec<usize> = (0..cells.len())
+                    .filter(|&i| filter.keeps_cell(&cells[i]))
+                    .collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                if kept.len() == cells.len() {
+                    Kept::All
+                } else {
+                    Kept::Some(kept)
+                }
+            } else {
+                Kept::All
+            };
+            if page.pools.len() == filter.limit {
+                page.next = page.pools.last().map(|(p, _)| &p.pool);
                 break;
             }
-            page.push((pool.clone(), cells));
+            page.pools.push((pool, kept));
         }
-        Page { pools: page, next }
+        read(page)
     }
 
     /// How fresh the read model is.
