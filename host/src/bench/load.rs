@@ -537,7 +537,7 @@ async fn fire(shared: Arc<Shared>, node: usize, shot: Shot, due: Instant) {
 }
 
 /// Writes a request on an idle connection to the node, or a new one, and
-/// reads the whole answer.
+/// reads the whole answer: its status, and a problem's body.
 async fn send(
     shared: &Shared,
     node: usize,
@@ -572,12 +572,17 @@ async fn send(
         .await
         .map_err(|_| "transport")?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|_| "transport")?
-        .to_bytes();
+    let mut body = response.into_body();
+    // Only a problem's body is read: a success's is let go frame by frame,
+    // rather than copied together.
+    let body = if status.is_success() {
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| "transport")?;
+        }
+        Bytes::new()
+    } else {
+        body.collect().await.map_err(|_| "transport")?.to_bytes()
+    };
     Ok((status, body, connection))
 }
 
