@@ -190,7 +190,10 @@ pub async fn grid(
         let kept_bytes = page
             .pools
             .iter()
-            .filter_map(|(pool, kept)| (*kept == Kept::All).then(|| pool.encoded.get())?)
+            .filter_map(|(pool, kept)| match kept {
+                Kept::All => pool.encoded.get(),
+                Kept::Some(_) => None,
+            })
             .map(|raw| raw.get().len() + 1)
             .sum();
         let mut json = PageJson::with_capacity(kept_bytes);
