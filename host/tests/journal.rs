@@ -1020,3 +1020,68 @@ async fn a_statement_of_many_views_notifies_them_all() {
         .unwrap();
     assert_eq!(kept, 3, "a later view is not moved back");
 }
+
+/// A view published while a page of the grid is being read does not wait
+/// for the read, and is not lost: it goes in once the read is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_published_during_a_read_does_not_wait_for_it() {
+    use allot_host::sandbox::View;
+    use allot_host::view::{Filter, ReadModel, Settings};
+    use std::time::{Duration, Instant};
+    let (journal, _, _) = journal_with_pool("during").await;
+    let settings = Settings {
+        poll_every: Duration::from_secs(3600),
+        full_sync_every: Duration::from_secs(3600),
+    };
+    let model = ReadModel::start(journal.db().clone(), settings)
+        .await
+        .unwrap();
+    let pool = PoolId::new("a").unwrap();
+    let view = |n: i64| -> View {
+        serde_json::from_value(json!({ "cells": [], "details": { "n": n } })).unwrap()
+    };
+    let seq = |model: &ReadModel| model.get(&pool).map(|held| held.seq_nr);
+    model.publish(&pool, "test", SeqNr(1), view(1));
+    assert_eq!(seq(&model), Some(SeqNr(1)), "with no reader, at once");
+
+    let filter = Filter {
+        limit: 10,
+        ..Filter::default()
+    };
+    model.read_page(&filter, |page| {
+        let publisher = model.clone();
+        let id = pool.clone();
+        let (published, returned) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            publisher.publish(&id, "test", SeqNr(2), view(2));
+            let _ = published.send(());
+        });
+        returned
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the publish returned while the page was being read");
+        assert_eq!(page.pools.len(), 1);
+        assert_eq!(page.pools[0].0.seq_nr, SeqNr(1), "the page is unchanged");
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seq(&model) != Some(SeqNr(2)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        seq(&model),
+        Some(SeqNr(2)),
+        "the view went in after the read"
+    );
+    assert_eq!(model.get(&pool).unwrap().view.details.get(), r#"{"n":2}"#);
+
+    // An older view that comes late changes nothing, waiting or not.
+    model.publish(&pool, "test", SeqNr(1), view(1));
+    model.read_page(&filter, |_| {
+        let publisher = model.clone();
+        let id = pool.clone();
+        std::thread::spawn(move || publisher.publish(&id, "test", SeqNr(1), view(1)))
+            .join()
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(seq(&model), Some(SeqNr(2)));
+}

@@ -13,17 +13,24 @@
 //! `Arc`s it does not keep: two cores reading the same pools would pass
 //! their counts' cache lines to and fro. No query ever touches an entity or
 //! the database.
+//!
+//! Nor does a query hold up a view: a view that comes while the map is
+//! read-locked waits beside it, and goes in with the next view that finds
+//! the map free, or by a task of the read model once the readers are done.
+//! An entity never waits for the grid's readers (a reader preempted while
+//! copying a page would hold it up for milliseconds), and readers never
+//! queue behind a writer waiting for other readers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockWriteGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::ids::{PoolId, SeqNr};
@@ -39,6 +46,10 @@ const POLL_OVERLAP: Duration = Duration::from_secs(10);
 
 /// How long a notification waits before its row is read.
 const FETCH_DELAY: Duration = Duration::from_millis(2);
+
+/// How long views that came while the map was read-locked wait before
+/// another try, once a first try right after the readers' turn failed.
+const PUT_RETRY: Duration = Duration::from_millis(1);
 
 /// How the read model keeps up.
 #[derive(Clone, Debug)]
@@ -146,12 +157,69 @@ pub struct ReadModel {
     shared: Arc<Shared>,
 }
 
+type Pools = BTreeMap<PoolId, Arc<PoolView>>;
+
 struct Shared {
-    pools: RwLock<BTreeMap<PoolId, Arc<PoolView>>>,
+    pools: RwLock<Pools>,
+    /// Views that came while the map was read-locked.
+    waiting: Arc<Waiting>,
     /// This read model's part of `allot_read_model_pools`.
     shown: GaugePart,
     status: Mutex<Status>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Views not in the map yet, and the wake-up of the task that puts them in.
+#[derive(Default)]
+struct Waiting {
+    views: Mutex<Vec<Arc<PoolView>>>,
+    put: Notify,
+}
+
+impl Shared {
+    /// Takes views into the map, each only if newer than the one held,
+    /// without waiting for readers: while the map is read-locked the views
+    /// wait, and the task that puts them in is woken.
+    fn offer(&self, views: impl IntoIterator<Item = Arc<PoolView>>) {
+        match self.pools.try_write() {
+            Ok(mut pools) => {
+                for view in views {
+                    keep_newer(&mut pools, view);
+                }
+                self.put_waiting(pools);
+            }
+            Err(TryLockError::WouldBlock) => {
+                self.waiting
+                    .views
+                    .lock()
+                    .expect("waiting views")
+                    .extend(views);
+                self.waiting.put.notify_one();
+            }
+            Err(TryLockError::Poisoned(error)) => panic!("views: {error}"),
+        }
+    }
+
+    /// Puts the views that waited into the map, and shows how many pools it
+    /// holds.
+    fn put_waiting(&self, mut pools: RwLockWriteGuard<'_, Pools>) {
+        for view in self.waiting.views.lock().expect("waiting views").drain(..) {
+            keep_newer(&mut pools, view);
+        }
+        let held = pools.len();
+        drop(pools);
+        self.shown.show(held);
+    }
+}
+
+/// Holds `view` unless the map holds its pool as of a later seq already.
+fn keep_newer(pools: &mut Pools, view: Arc<PoolView>) {
+    match pools.get(&view.pool) {
+        Some(current) if current.seq_nr >= view.seq_nr => {}
+        _ => {
+            pools.insert(view.pool.clone(), view);
+        }
+    }
 }
 
 struct Status {
@@ -192,8 +260,10 @@ impl ReadModel {
     pub async fn start(db: PgPool, settings: Settings) -> Result<Self> {
         let mut listener = PgListener::connect_with(&db).await?;
         listener.listen(CHANNEL).await?;
+        let waiting = Arc::new(Waiting::default());
         let shared = Arc::new(Shared {
             pools: RwLock::default(),
+            waiting: waiting.clone(),
             shown: GaugePart::of(&metrics().read_model_pools),
             status: Mutex::new(Status {
                 listening: true,
@@ -207,16 +277,18 @@ impl ReadModel {
         let (signals, received) = mpsc::unbounded_channel();
         let listen = tokio::spawn(listen(listener, signals, Arc::downgrade(&shared)));
         let refresh = tokio::spawn(refresh(db, Arc::downgrade(&shared), received, settings));
+        let put = tokio::spawn(put_when_free(Arc::downgrade(&shared), waiting));
         shared
             .tasks
             .lock()
             .expect("task list")
-            .extend([listen, refresh]);
+            .extend([listen, refresh, put]);
         Ok(Self { shared })
     }
 
     /// Takes a view this node has just written to the journal, without
-    /// reading it back; kept if newer than what is held.
+    /// reading it back; kept if newer than what is held. Never waits for
+    /// readers: while a page is being read, the view goes in just after.
     pub fn publish(&self, pool: &PoolId, capacity_type: &str, seq_nr: SeqNr, view: View) {
         let fresh = Arc::new(PoolView {
             pool: pool.clone(),
@@ -226,17 +298,7 @@ impl ReadModel {
             view,
             encoded: OnceLock::new(),
         });
-        let held = {
-            let mut pools = self.shared.pools.write().expect("views");
-            match pools.get(pool) {
-                Some(current) if current.seq_nr >= seq_nr => {}
-                _ => {
-                    pools.insert(pool.clone(), fresh);
-                }
-            }
-            pools.len()
-        };
-        self.shared.shown.show(held);
+        self.shared.offer([fresh]);
     }
 
     /// One pool's view.
@@ -255,8 +317,8 @@ impl ReadModel {
     }
 
     /// Runs `read` on a page of the pools that match the filter, in id
-    /// order, while the map is read-locked. A view published meanwhile
-    /// waits until it returns, so `read` should copy what it needs and
+    /// order, while the map is read-locked. Views that come meanwhile go
+    /// in after it returns, so `read` should copy what it needs and
     /// return: a pool whose `Arc` it clones can be read at leisure.
     pub fn read_page<R>(&self, filter: &Filter, read: impl FnOnce(Page<'_>) -> R) -> R {
         let pools = self.shared.pools.read().expect("views");
@@ -447,8 +509,38 @@ async fn refresh(
     }
 }
 
+/// Puts the views that waited into the map once no reader holds it: at
+/// once when the readers are done within a turn of the runtime, otherwise
+/// a moment later.
+async fn put_when_free(shared: Weak<Shared>, waiting: Arc<Waiting>) {
+    loop {
+        waiting.put.notified().await;
+        let mut tried = false;
+        loop {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match shared.pools.try_write() {
+                Ok(pools) => {
+                    shared.put_waiting(pools);
+                    break;
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(error)) => panic!("views: {error}"),
+            }
+            drop(shared);
+            if tried {
+                tokio::time::sleep(PUT_RETRY).await;
+            } else {
+                tokio::task::yield_now().await;
+                tried = true;
+            }
+        }
+    }
+}
+
 /// Whether `pools` holds a pool's view as of `seq` already.
-fn holds(pools: &BTreeMap<PoolId, Arc<PoolView>>, id: &str, seq: Option<i64>) -> bool {
+fn holds(pools: &Pools, id: &str, seq: Option<i64>) -> bool {
     let (Some(seq), Ok(id)) = (seq, PoolId::new(id)) else {
         return false;
     };
@@ -540,19 +632,7 @@ async fn fetch(db: &PgPool, shared: &Shared, ids: &[String], notified: bool) -> 
             encoded: OnceLock::new(),
         }));
     }
-    let held = {
-        let mut pools = shared.pools.write().expect("views");
-        for view in fresh {
-            match pools.get(&view.pool) {
-                Some(current) if current.seq_nr >= view.seq_nr => {}
-                _ => {
-                    pools.insert(view.pool.clone(), view);
-                }
-            }
-        }
-        pools.len()
-    };
-    shared.shown.show(held);
+    shared.offer(fresh);
     if notified && let Some(lag) = newest_lag {
         shared.status.lock().expect("status").last_lag = Duration::from_secs_f64(lag);
     }
