@@ -1075,6 +1075,7 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
 
     // An older view that comes late changes nothing, waiting or not.
     model.publish(&pool, "test", SeqNr(1), view(1));
+    assert_eq!(seq(&model), Some(SeqNr(2)));
     model.read_page(&filter, |_| {
         let publisher = model.clone();
         let id = pool.clone();
@@ -1082,6 +1083,14 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
             .join()
             .unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(seq(&model), Some(SeqNr(2)));
+    // A view goes in under the same lock as every view that waited before
+    // it, so once a later one is in, the late one has been weighed.
+    let other = PoolId::new("b").unwrap();
+    model.publish(&other, "test", SeqNr(1), view(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while model.get(&other).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(model.get(&other).is_some(), "a view after it went in");
+    assert_eq!(seq(&model), Some(SeqNr(2)), "the late view was not taken");
 }
