@@ -1021,13 +1021,25 @@ async fn a_statement_of_many_views_notifies_them_all() {
     assert_eq!(kept, 3, "a later view is not moved back");
 }
 
+/// Waits up to five seconds for `done`; whether it came.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
+}
+
 /// A view published while a page of the grid is being read does not wait
 /// for the read, and is not lost: it goes in once the read is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_published_during_a_read_does_not_wait_for_it() {
     use allot_host::sandbox::View;
     use allot_host::view::{Filter, ReadModel, Settings};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (journal, _, _) = journal_with_pool("during").await;
     let settings = Settings {
         poll_every: Duration::from_secs(3600),
@@ -1042,7 +1054,7 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
     };
     let seq = |model: &ReadModel| model.get(&pool).map(|held| held.seq_nr);
     model.publish(&pool, "test", SeqNr(1), view(1));
-    assert_eq!(seq(&model), Some(SeqNr(1)), "with no reader, at once");
+    assert!(eventually(|| seq(&model) == Some(SeqNr(1))).await);
 
     let filter = Filter {
         limit: 10,
@@ -1062,13 +1074,8 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
         assert_eq!(page.pools.len(), 1);
         assert_eq!(page.pools[0].0.seq_nr, SeqNr(1), "the page is unchanged");
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while seq(&model) != Some(SeqNr(2)) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(
-        seq(&model),
-        Some(SeqNr(2)),
+    assert!(
+        eventually(|| seq(&model) == Some(SeqNr(2))).await,
         "the view went in after the read"
     );
     assert_eq!(model.get(&pool).unwrap().view.details.get(), r#"{"n":2}"#);
@@ -1087,10 +1094,9 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
     // it, so once a later one is in, the late one has been weighed.
     let other = PoolId::new("b").unwrap();
     model.publish(&other, "test", SeqNr(1), view(1));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while model.get(&other).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(model.get(&other).is_some(), "a view after it went in");
+    assert!(
+        eventually(|| model.get(&other).is_some()).await,
+        "a view after it went in"
+    );
     assert_eq!(seq(&model), Some(SeqNr(2)), "the late view was not taken");
 }
