@@ -697,6 +697,18 @@ fn view_row(pool: &str, seq: i64, view: &str) -> PoolViewRow {
     }
 }
 
+/// Waits up to ten seconds for `done`; whether it came.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
+}
+
 /// The view writer keeps each pool's latest view, never moves a row back, and leaves out only a row PostgreSQL refuses.
 #[tokio::test]
 async fn the_view_writer_keeps_the_latest_and_skips_what_is_refused() {
@@ -931,18 +943,8 @@ async fn the_read_model_polls_for_changes_it_was_not_told_of() {
         .unwrap();
     let pool = PoolId::new("a").unwrap();
     let reaches = |seq: i64| {
-        let model = model.clone();
-        let pool = pool.clone();
-        async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if model.get(&pool).is_some_and(|view| view.seq_nr.0 >= seq) {
-                    return true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            false
-        }
+        let (model, pool) = (&model, &pool);
+        eventually(move || model.get(pool).is_some_and(|view| view.seq_nr.0 >= seq))
     };
     journal
         .save_views(&[view_row("a", 1, r#"{"cells": [], "details": {"n": 1}}"#)])
@@ -986,10 +988,7 @@ async fn a_statement_of_many_views_notifies_them_all() {
         .map(|i| view_row(&format!("{i:0>128}"), 1, r#"{"cells": [], "details": {}}"#))
         .collect();
     journal.save_views(&rows).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while model.len() < rows.len() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(|| model.len() == rows.len()).await;
     assert_eq!(model.len(), rows.len(), "every row was notified");
 
     // One statement that updates rows, adds others, and skips one that
@@ -1007,11 +1006,10 @@ async fn a_statement_of_many_views_notifies_them_all() {
     journal.save_views(&mixed).await.unwrap();
     let seq = |i: usize| model.get(&id(i)).map(|view| view.seq_nr.0);
     let notified = || seq(0) == Some(3) && (1..60).all(|i| seq(i) == Some(2)) && model.len() == 130;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !notified() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(notified(), "updated and added rows were notified");
+    assert!(
+        eventually(notified).await,
+        "updated and added rows were notified"
+    );
     assert_eq!(seq(60), Some(1), "rows not in the statement stay");
     let kept: i64 = sqlx::query_scalar("SELECT seq_nr FROM pool_views WHERE pool_id = $1")
         .bind(id(0).as_str())
@@ -1019,18 +1017,6 @@ async fn a_statement_of_many_views_notifies_them_all() {
         .await
         .unwrap();
     assert_eq!(kept, 3, "a later view is not moved back");
-}
-
-/// Waits up to five seconds for `done`; whether it came.
-async fn eventually(done: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !done() {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    true
 }
 
 /// A view published while a page of the grid is being read does not wait
