@@ -22,9 +22,10 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
             "100",
             "--read-rate",
             "300",
-            // Grid reads of pages of pools, which page through the ids.
+            // Grid reads of one pool, and of pages of pools, which page
+            // through the ids.
             "--grid-pools",
-            "5",
+            "1,5",
             "--mixed-rate",
             "200",
             "--churn",
@@ -42,7 +43,7 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
         output.status.success(),
         "allot bench failed:\n{stdout}\n{stderr}"
     );
-    for scenario in ["spread", "hot", "grid", "mixed", "sellout"] {
+    for scenario in ["spread", "hot", "grid ", "grid×5 ", "mixed", "sellout"] {
         for target in ["allot", "baseline"] {
             assert!(
                 stdout
@@ -56,6 +57,7 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
         "spread rate, p99",
         "hot rate, p99",
         "grid rate, p99",
+        "grid×5 rate, p99",
         "mixed rate, p99",
     ] {
         assert!(stdout.contains(row), "no `{row}` comparison:\n{stdout}");
