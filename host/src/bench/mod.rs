@@ -331,6 +331,10 @@ const AMPLE: u64 = 1_000_000_000_000;
 const SELLOUT_POOLS: usize = 20;
 const SELLOUT_UNITS: u64 = 100;
 
+/// The share of a fixed rate under which a target is taken to have fallen
+/// behind it.
+const FELL_BEHIND: f64 = 0.98;
+
 /// Runs the benchmark; `Ok(false)` when a check failed.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     for (name, rate) in [
@@ -370,6 +374,8 @@ struct Bench {
     grid_pools: Vec<usize>,
     client_threads: usize,
     comparisons: Vec<Comparison>,
+    /// What the comparison table's reader should know about its rows.
+    notes: Vec<String>,
     disk: Option<DiskProbe>,
     /// Every flush the probe measured during runs.
     disk_total: DiskFigures,
@@ -538,6 +544,7 @@ impl Bench {
                 .collect(),
             client_threads: args.client_threads,
             comparisons: Vec::new(),
+            notes: Vec::new(),
             disk_total: DiskFigures::default(),
             disk,
             _postgres: postgres,
@@ -635,6 +642,17 @@ impl Bench {
                 .await?;
             p99.push(report.ms(0.99));
             wal.push(report.wal_per_request());
+            // A target that cannot keep up builds a queue for as long as
+            // the run lasts: its p99 is then that queue's.
+            if report.achieved() < FELL_BEHIND * rate {
+                self.notes.push(format!(
+                    "{} answered {} of the {} {load} requests/s offered: past what it \
+                     serves, so its p99 there is its queue's",
+                    self.targets[t].design.name(),
+                    thousands(report.achieved()),
+                    thousands(rate),
+                ));
+            }
         }
         self.comparisons.push(Comparison {
             what: format!("{load} p99 at {}/s", thousands(rate)),
@@ -981,6 +999,9 @@ impl Bench {
                 "(edge: how many times {0}'s rate is higher, or its p99 or WAL lower, than {1}'s)",
                 names[0], names[1]
             );
+        }
+        for note in &self.notes {
+            println!("({note})");
         }
     }
 
