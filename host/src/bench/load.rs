@@ -29,6 +29,13 @@ const DRAIN: Duration = Duration::from_secs(15);
 /// How long one request may take before it counts as a client timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A run that takes longer than its schedule by more than this share (and
+/// [`ANSWER_ALLOWANCE`]) fell behind the rate offered.
+const FELL_BEHIND: f64 = 0.98;
+
+/// Seconds the last request may take beyond the schedule in any run.
+const ANSWER_ALLOWANCE: f64 = 0.1;
+
 /// Connections each sender opens to each node before a run, as a client
 /// with a warm connection pool would have: more are opened when more
 /// requests are in flight at once, up to [`MAX_CONNECTIONS`]. Enough that
@@ -154,6 +161,13 @@ impl Report {
         answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Whether the target fell behind the rate offered: it took over 2 %
+    /// longer than the schedule to answer what the run sent, so what it
+    /// answered late waited in a queue that grew as long as the run lasted.
+    pub fn fell_behind(&self, scheduled: Duration) -> bool {
+        self.elapsed.as_secs_f64() * FELL_BEHIND > scheduled.as_secs_f64() + ANSWER_ALLOWANCE
+    }
+
     /// Errors (not refusals) among the requests sent.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
@@ -244,25 +258,52 @@ pub async fn run(
         })
         .collect();
 
-    if let (Some(every), Some(recent)) = (plan.report_every, &reports.recent) {
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::from_std(start) + every, every);
-        while !pacers.iter().all(|p| p.is_finished()) {
-            tick.tick().await;
-            let mut figures =
-                std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
-            figures.elapsed = every;
-            interval(&mut figures).await;
+    let paced = async {
+        for pacer in &mut pacers {
+            pacer.await??;
         }
-    }
-    for pacer in &mut pacers {
-        pacer.await??;
+        anyhow::Ok(())
+    };
+    let mut interval_start = start;
+    // The figures since the last interval's, as an interval of their own.
+    let mut take_interval = |now: Instant| {
+        let recent = reports.recent.as_ref()?;
+        let mut figures = std::mem::replace(&mut *recent.lock().unwrap(), Report::new(plan.rate));
+        figures.elapsed = now.saturating_duration_since(interval_start);
+        interval_start = now;
+        Some(figures)
+    };
+    match plan.report_every {
+        Some(every) => {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::from_std(start) + every, every);
+            tokio::pin!(paced);
+            loop {
+                tokio::select! {
+                    paced = &mut paced => break paced?,
+                    now = tick.tick() => {
+                        if let Some(mut figures) = take_interval(now.into_std()) {
+                            interval(&mut figures).await;
+                        }
+                    }
+                }
+            }
+        }
+        None => paced.await?,
     }
     let drained_by = Instant::now() + DRAIN;
     while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The run ends with its last answer, not with the next interval. What
+    // came after the last interval is one of its own, unless it is only
+    // the last answers of one that ended as the run did.
     let elapsed = start.elapsed();
+    if let (Some(every), Some(mut figures)) = (plan.report_every, take_interval(Instant::now()))
+        && figures.elapsed >= every / 10
+    {
+        interval(&mut figures).await;
+    }
     let unanswered = in_flight.load(Ordering::Relaxed);
     // What is still in flight is dropped with the senders' runtimes.
     let stopped = tokio::task::spawn_blocking(move || senders.into_iter().for_each(Sender::stop));
@@ -617,4 +658,29 @@ pub fn spread(i: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn took(seconds: f64) -> Report {
+        let mut report = Report::new(10_000.0);
+        report.elapsed = Duration::from_secs_f64(seconds);
+        report
+    }
+
+    /// A run that ends with its schedule, or a slow last answer after it,
+    /// kept up; one stretched by a queue did not.
+    #[test]
+    fn a_run_fell_behind_when_its_answers_took_longer_than_its_schedule() {
+        let ten = Duration::from_secs(10);
+        assert!(!took(10.005).fell_behind(ten));
+        assert!(!took(10.25).fell_behind(ten));
+        assert!(took(10.4).fell_behind(ten));
+        assert!(took(10.8).fell_behind(ten));
+        // A one-second run may end with one answer a tenth of a second late.
+        assert!(!took(1.1).fell_behind(Duration::from_secs(1)));
+        assert!(took(1.2).fell_behind(Duration::from_secs(1)));
+    }
 }
