@@ -29,8 +29,9 @@ const DRAIN: Duration = Duration::from_secs(15);
 /// How long one request may take before it counts as a client timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A run that takes longer than its schedule by more than this share (and
-/// [`ANSWER_ALLOWANCE`]) fell behind the rate offered.
+/// A run kept up with the rate offered when its schedule, and
+/// [`ANSWER_ALLOWANCE`], fill at least this share of the time it took: one
+/// that took over about 2 % longer fell behind.
 const FELL_BEHIND: f64 = 0.98;
 
 /// Seconds the last request may take beyond the schedule in any run.
