@@ -64,6 +64,8 @@ impl NodeProcess {
 
 /// A cluster of nodes on one fresh database.
 struct TestCluster {
+    /// The nodes' configs and logs: removed after a test that passed.
+    dir: PathBuf,
     database_url: String,
     nodes: Vec<NodeProcess>,
     client: Client,
@@ -111,6 +113,7 @@ impl TestCluster {
             });
         }
         let mut cluster = Self {
+            dir,
             database_url,
             nodes,
             client: Client::builder()
@@ -338,6 +341,9 @@ impl Drop for TestCluster {
                     .args(["-CONT", &pid.to_string()])
                     .status();
             }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

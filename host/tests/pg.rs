@@ -1,4 +1,6 @@
-//! The embedded PostgreSQL launcher.
+//! The embedded PostgreSQL launcher, and the tests' databases on it.
+
+mod common;
 
 use std::path::PathBuf;
 
@@ -105,4 +107,40 @@ async fn settings_apply_to_their_start_only_and_a_refused_one_is_reported() {
         .expect("an invalid value is refused");
     assert!(matches!(error, Error::Start(_)), "{error}");
     assert!(error.to_string().contains("work_mem"), "{error}");
+}
+
+/// Each test makes a database of its own; those of a run that has ended are
+/// dropped when the next run starts, and those of a running one are kept.
+#[tokio::test]
+async fn test_databases_of_ended_runs_are_dropped_and_of_running_ones_kept() {
+    let admin = common::admin_url().await;
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let ended_pid = ended.id();
+    ended.wait().unwrap();
+    let gone = format!("allot_test_{ended_pid}_0");
+    let kept = format!("allot_test_{}_999999", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    for name in [&gone, &kept] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let dropped = common::drop_databases_of_ended_runs(&admin).await;
+
+    assert!(dropped.contains(&gone), "{dropped:?}");
+    assert!(!dropped.contains(&kept), "{dropped:?}");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname IN ($1, $2)")
+            .bind(&gone)
+            .bind(&kept)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left, std::slice::from_ref(&kept));
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {kept}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

@@ -73,28 +73,16 @@ pub fn at(rfc3339: &str, role: Role) -> Context {
     }
 }
 
-/// A fresh, empty database on a real PostgreSQL: the server at `DATABASE_URL`
-/// when set, else an embedded one private to this test binary.
+/// Test databases are named `allot_test_<process id>_<n>`.
+const DATABASE_PREFIX: &str = "allot_test_";
+
+/// A fresh, empty database on a real PostgreSQL (see [`admin_url`]).
 pub async fn database() -> String {
     use sqlx::Connection;
-    static SERVER: OnceLock<Option<allot_host::pg::EmbeddedPostgres>> = OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            let server = SERVER.get_or_init(|| {
-                let binary = std::env::current_exe().unwrap();
-                let name = binary.file_stem().unwrap().to_string_lossy().into_owned();
-                let dir = dev::scratch_postgres_dir(&name);
-                Some(
-                    allot_host::pg::EmbeddedPostgres::start(&dir).unwrap_or_else(|e| panic!("{e}")),
-                )
-            });
-            server.as_ref().unwrap().url("postgres")
-        }
-    };
+    let admin = admin_url().await;
     let name = format!(
-        "allot_test_{}_{}",
+        "{DATABASE_PREFIX}{}_{}",
         std::process::id(),
         COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
@@ -115,4 +103,81 @@ pub async fn database() -> String {
         .rsplit_once('/')
         .expect("a database URL ends in /<database>");
     format!("{base}/{name}")
+}
+
+/// The URL of the `postgres` database of the server the tests use: the one
+/// at `DATABASE_URL` when set, else an embedded one private to this test
+/// binary. The first call of a process drops the test databases of runs
+/// that have ended, so that they do not pile up, while the last run's stay
+/// for a look after a failure.
+pub async fn admin_url() -> String {
+    static SERVER: OnceLock<allot_host::pg::EmbeddedPostgres> = OnceLock::new();
+    static ADMIN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    ADMIN
+        .get_or_init(|| async {
+            let admin = match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => url,
+                _ => SERVER
+                    .get_or_init(|| {
+                        let dir = dev::scratch_postgres_dir(&test_target());
+                        allot_host::pg::EmbeddedPostgres::start(&dir)
+                            .unwrap_or_else(|e| panic!("{e}"))
+                    })
+                    .url("postgres"),
+            };
+            drop_databases_of_ended_runs(&admin).await;
+            admin
+        })
+        .await
+        .clone()
+}
+
+/// Drops the test databases whose process has ended, and returns their
+/// names. One still in use (by a run elsewhere, on a shared server) stays.
+pub async fn drop_databases_of_ended_runs(admin: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("connect to PostgreSQL");
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(DATABASE_PREFIX)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut dropped = Vec::new();
+    for name in names {
+        let pid = name[DATABASE_PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let ended = pid.is_some_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        // Without FORCE, so that a database in use is left alone.
+        let drop = format!("DROP DATABASE IF EXISTS \"{}\"", name.replace('"', "\"\""));
+        if ended
+            && sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut conn)
+                .await
+                .is_ok()
+        {
+            dropped.push(name);
+        }
+    }
+    dropped
+}
+
+/// This test binary's target: cargo names the binary `<target>-<hash>`, and
+/// the hash changes with the dependencies and flags, so the embedded
+/// server's folder is named after the target alone and a rebuild reuses it.
+fn test_target() -> String {
+    let binary = std::env::current_exe().unwrap();
+    let stem = binary.file_stem().unwrap().to_string_lossy();
+    match stem.rsplit_once('-') {
+        Some((target, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            target.to_owned()
+        }
+        _ => stem.into_owned(),
+    }
 }
