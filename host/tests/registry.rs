@@ -252,6 +252,58 @@ async fn activations_reach_every_node() {
     panic!("node b never switched to {second}");
 }
 
+/// A pool of a type activated through another node can be made at once,
+/// before the activation's notification has reached the node asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives() {
+    use sqlx::Connection;
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), Default::default()).await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let stored = upload(&operator, component("allot-warehouse"), None).await;
+    let digest = stored.ok(201)["digest"].as_str().unwrap().to_owned();
+    let config = json!({ "warehouse": "ams-1", "date": "2026-11-24", "utc_offset": "+01:00",
+                         "open_hour": 6, "close_hour": 22, "items_per_hour": 100 });
+    operator
+        .create("ams-1.2026-11-24", "warehouse", config.clone())
+        .await
+        .problem(422, "unknown_capacity_type");
+
+    // The activation as another node records it, with its notification
+    // held back.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let trigger =
+        |on| format!("ALTER TABLE plugin_activations {on} TRIGGER plugin_activations_notify");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(trigger("DISABLE")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO plugin_activations (capacity_type, digest, activated_by, kind)
+         VALUES ('warehouse', $1, 'another node', 'activate')",
+    )
+    .bind(&digest)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(trigger("ENABLE")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(node.runtime().plugin("warehouse").is_err(), "notified");
+
+    let planner = Api::new(&node, Some(PLANNER));
+    planner
+        .create("ams-1.2026-11-24", "warehouse", config)
+        .await
+        .ok(201);
+    planner
+        .create("nowhere", "no-such-type", json!({}))
+        .await
+        .problem(422, "unknown_capacity_type");
+    node.stop().await;
+}
+
 /// A replay check reports pools a candidate cannot rebuild and views it rebuilds differently; activation refuses such a candidate unless forced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_check_guards_activation() {

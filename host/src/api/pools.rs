@@ -153,11 +153,25 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
     caller.require(PLANNING)?;
     let pool = pool_id(&body.id)?;
-    let created = match state
-        .runtime
-        .create_pool(&pool, &body.capacity_type, &body.config)
-        .await
-    {
+    let create = || {
+        state
+            .runtime
+            .create_pool(&pool, &body.capacity_type, &body.config)
+    };
+    let created = match create().await {
+        // A type activated through another node a moment ago may not have
+        // reached this one yet: it catches up before calling the type
+        // unknown.
+        Err(crate::entity::Error::UnknownCapacityType(_)) => {
+            state
+                .registry
+                .sync(&state.runtime, &body.capacity_type)
+                .await?;
+            create().await
+        }
+        created => created,
+    };
+    let created = match created {
         Err(crate::entity::Error::UnknownCapacityType(name)) => {
             return Err(ApiError::unknown_capacity_type(&name));
         }
