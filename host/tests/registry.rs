@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{Api, OPERATOR, PLANNER, Reply, node, node_with};
+use allot_host::ids::PoolId;
+use allot_host::journal::Journal;
+use allot_host::node::Node;
+use common::api::{Api, CHECKOUT, OPERATOR, PLANNER, Reply, node, node_with};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -252,25 +255,22 @@ async fn activations_reach_every_node() {
     panic!("node b never switched to {second}");
 }
 
-/// A pool of a type activated through another node can be made at once,
-/// before the activation's notification has reached the node asked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives() {
+/// A node, and the `warehouse` type stored and then activated as if
+/// through another node, with the activation's notification held back: the
+/// node has not heard of it. Returns the node and its database's URL.
+async fn warehouse_activated_unheard() -> (Node, String) {
     use sqlx::Connection;
     let url = common::database().await;
     let node = node_with(Some(url.clone()), Default::default()).await;
     let operator = Api::new(&node, Some(OPERATOR));
     let stored = upload(&operator, component("allot-warehouse"), None).await;
     let digest = stored.ok(201)["digest"].as_str().unwrap().to_owned();
-    let config = json!({ "warehouse": "ams-1", "date": "2026-11-24", "utc_offset": "+01:00",
-                         "open_hour": 6, "close_hour": 22, "items_per_hour": 100 });
+    let (pool, config) = warehouse_pool();
     operator
-        .create("ams-1.2026-11-24", "warehouse", config.clone())
+        .create(&pool, "warehouse", config)
         .await
         .problem(422, "unknown_capacity_type");
 
-    // The activation as another node records it, with its notification
-    // held back.
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let trigger =
         |on| format!("ALTER TABLE plugin_activations {on} TRIGGER plugin_activations_notify");
@@ -291,16 +291,59 @@ async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives(
         .await
         .unwrap();
     assert!(node.runtime().plugin("warehouse").is_err(), "notified");
+    (node, url)
+}
 
+/// Tomorrow's picking hours in `ams-1`, and the pool's id.
+fn warehouse_pool() -> (String, Value) {
+    let date = time::OffsetDateTime::now_utc().date().next_day().unwrap();
+    let config = json!({ "warehouse": "ams-1", "date": date.to_string(), "utc_offset": "+01:00",
+                         "open_hour": 6, "close_hour": 22, "items_per_hour": 100 });
+    (format!("ams-1.{date}"), config)
+}
+
+/// A pool of a type activated through another node can be made at once,
+/// before the activation's notification has reached the node asked; a type
+/// with no active version is still unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives() {
+    let (node, _) = warehouse_activated_unheard().await;
     let planner = Api::new(&node, Some(PLANNER));
-    planner
-        .create("ams-1.2026-11-24", "warehouse", config)
-        .await
-        .ok(201);
+    let (pool, config) = warehouse_pool();
+    planner.create(&pool, "warehouse", config).await.ok(201);
     planner
         .create("nowhere", "no-such-type", json!({}))
         .await
         .problem(422, "unknown_capacity_type");
+    node.stop().await;
+}
+
+/// A pool of a type activated through another node, made there, takes
+/// commands and reads on a node the activation's notification has not
+/// reached yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_a_type_activated_elsewhere_takes_commands_before_its_notification_arrives() {
+    let (node, url) = warehouse_activated_unheard().await;
+    let (pool, config) = warehouse_pool();
+    let pool = PoolId::new(&pool).unwrap();
+    let config = serde_json::value::to_raw_value(&config).unwrap();
+    let other_node = Journal::connect(&url, 1).await.unwrap();
+    assert!(
+        other_node
+            .create_pool(&pool, "warehouse", &config)
+            .await
+            .unwrap()
+    );
+
+    let checkout = Api::new(&node, Some(CHECKOUT));
+    let placed = checkout
+        .reserve(pool.as_str(), "o1", json!({ "items": 150, "due_hour": 12 }))
+        .await;
+    assert_eq!(placed.ok(201)["events"][0]["type"], "order_placed");
+    Api::new(&node, Some(PLANNER))
+        .get(&format!("/v1/pools/{pool}"))
+        .await
+        .ok(200);
     node.stop().await;
 }
 

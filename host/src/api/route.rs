@@ -143,17 +143,39 @@ async fn local(
     deadline: Instant,
     work: &Work,
 ) -> entity::Result<Done> {
-    match work {
-        Work::Execute(request) => state
-            .runtime
-            .execute(pool, request.clone())
-            .await
-            .map(Done::Outcome),
-        Work::View => state
-            .runtime
-            .view(pool, deadline)
-            .await
-            .map(|(seq_nr, view)| Done::View(seq_nr, view)),
+    let mut caught_up = false;
+    loop {
+        let done = match work {
+            Work::Execute(request) => state
+                .runtime
+                .execute(pool, request.clone())
+                .await
+                .map(Done::Outcome),
+            Work::View => state
+                .runtime
+                .view(pool, deadline)
+                .await
+                .map(|(seq_nr, view)| Done::View(seq_nr, view)),
+        };
+        // A type activated through another node a moment ago may not have
+        // reached this one yet: it catches up, and the pool starts in the
+        // type once the start that failed has let go of it. Nothing was
+        // decided, so the work is done again.
+        match done {
+            Err(entity::Error::UnknownCapacityType(capacity_type)) if Instant::now() < deadline => {
+                if !caught_up {
+                    caught_up = true;
+                    if let Err(error) = state.registry.sync(&state.runtime, &capacity_type).await {
+                        tracing::warn!("catching up on capacity type {capacity_type}: {error}");
+                    }
+                }
+                if state.runtime.plugin(&capacity_type).is_err() {
+                    return Err(entity::Error::UnknownCapacityType(capacity_type));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            done => return done,
+        }
     }
 }
 
