@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{ANYONE, PLANNING};
 use super::checkout::{Decided, decided, run};
 use super::grid::CellOut;
+use super::route::caught_up;
 use super::{ApiError, AppState, Body, Caller, Meta, Path, ProblemBody, Query, client_id, pool_id};
 use crate::entity::Point;
 use crate::ids::{PoolId, SeqNr};
@@ -149,6 +150,7 @@ pub struct StateQuery {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    meta: Meta,
     Body(body): Body<CreatePool>,
 ) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
     caller.require(PLANNING)?;
@@ -159,14 +161,9 @@ pub async fn create(
             .create_pool(&pool, &body.capacity_type, &body.config)
     };
     let created = match create().await {
-        // A type activated through another node a moment ago may not have
-        // reached this one yet: it catches up before calling the type
-        // unknown.
-        Err(crate::entity::Error::UnknownCapacityType(_)) => {
-            state
-                .registry
-                .sync(&state.runtime, &body.capacity_type)
-                .await?;
+        Err(crate::entity::Error::UnknownCapacityType(_))
+            if caught_up(&state, &body.capacity_type, meta.deadline).await? =>
+        {
             create().await
         }
         created => created,
@@ -351,6 +348,7 @@ pub async fn events(
 pub async fn state_at(
     State(state): State<AppState>,
     caller: Caller,
+    meta: Meta,
     Path(pool): Path<String>,
     Query(query): Query<StateQuery>,
 ) -> Result<axum::Json<PoolState>, ApiError> {
@@ -371,6 +369,7 @@ pub async fn state_at(
         }
     };
     let record = state.runtime.journal().pool(&pool).await?;
+    caught_up(&state, &record.capacity_type, meta.deadline).await?;
     let (seq_nr, view) = state.runtime.state_at(&pool, point).await?;
     Ok(axum::Json(PoolState::new(
         pool,

@@ -18,6 +18,7 @@ use crate::entity::{self, Outcome, Request};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal;
 use crate::metrics::{ForwardLabels, metrics};
+use crate::registry;
 use crate::sandbox::View;
 
 /// The longest pause between two tries of a moving shard.
@@ -143,7 +144,6 @@ async fn local(
     deadline: Instant,
     work: &Work,
 ) -> entity::Result<Done> {
-    let mut caught_up = false;
     loop {
         let done = match work {
             Work::Execute(request) => state
@@ -157,25 +157,41 @@ async fn local(
                 .await
                 .map(|(seq_nr, view)| Done::View(seq_nr, view)),
         };
-        // A type activated through another node a moment ago may not have
-        // reached this one yet: it catches up, and the pool starts in the
-        // type once the start that failed has let go of it. Nothing was
-        // decided, so the work is done again.
         match done {
+            // The pool's start failed for want of its type, so nothing was
+            // decided: once the node runs the type, the work is done again,
+            // as soon as the failed start has let go of the pool.
             Err(entity::Error::UnknownCapacityType(capacity_type)) if Instant::now() < deadline => {
-                if !caught_up {
-                    caught_up = true;
-                    if let Err(error) = state.registry.sync(&state.runtime, &capacity_type).await {
-                        tracing::warn!("catching up on capacity type {capacity_type}: {error}");
-                    }
-                }
-                if state.runtime.plugin(&capacity_type).is_err() {
+                if !caught_up(state, &capacity_type, deadline).await? {
                     return Err(entity::Error::UnknownCapacityType(capacity_type));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             done => return done,
         }
+    }
+}
+
+/// Whether this node runs `capacity_type`, once it has looked in the
+/// registry for an active version it has not loaded: work for a type
+/// activated through another node can arrive before the activation's
+/// notification does. Waits at most until `deadline`.
+pub(super) async fn caught_up(
+    state: &AppState,
+    capacity_type: &str,
+    deadline: Instant,
+) -> entity::Result<bool> {
+    let catch_up = state.registry.catch_up(&state.runtime, capacity_type);
+    match tokio::time::timeout_at(deadline, catch_up).await {
+        Ok(Ok(runs)) => Ok(runs),
+        Ok(Err(registry::Error::Database(error))) => {
+            Err(entity::Error::Journal(journal::Error::Database(error)))
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(capacity_type, "cannot run the active version: {error}");
+            Ok(false)
+        }
+        Err(_) => Err(entity::Error::DeadlinePassed),
     }
 }
 

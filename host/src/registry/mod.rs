@@ -9,7 +9,7 @@ mod check;
 
 pub use check::{PoolDifference, PoolFailure, Report, replay_check};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +126,9 @@ pub struct Registry {
     engine: Engine,
     /// Compiled components by digest: compiling takes hundreds of ms.
     compiled: Arc<Mutex<HashMap<String, Arc<Plugin>>>>,
+    /// Digests that failed to compile here, which [`catch_up`](Self::catch_up)
+    /// does not try again.
+    refused: Arc<Mutex<HashSet<String>>>,
     /// Held while making the runtime match the active versions.
     syncing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -137,6 +140,7 @@ impl Registry {
             db,
             engine,
             compiled: Arc::default(),
+            refused: Arc::default(),
             syncing: Arc::default(),
         }
     }
@@ -432,6 +436,48 @@ impl Registry {
             self.run(runtime, digest).await?;
         }
         Ok(())
+    }
+
+    /// Makes the runtime run the type's active version if it does not run
+    /// the type at all: for work that arrives before the notification of an
+    /// activation made through another node. Returns whether it runs the
+    /// type now. Cheap when it does; a version that failed to compile here
+    /// is not tried again.
+    pub async fn catch_up(&self, runtime: &Runtime, capacity_type: &str) -> Result<bool> {
+        if runtime.plugin(capacity_type).is_ok() {
+            return Ok(true);
+        }
+        let _syncing = self.syncing.lock().await;
+        // Loaded by whoever held the lock before.
+        if runtime.plugin(capacity_type).is_ok() {
+            return Ok(true);
+        }
+        let digest: Option<String> = sqlx::query_scalar(
+            "SELECT digest FROM plugin_activations WHERE capacity_type = $1
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(capacity_type)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(digest) = digest else {
+            return Ok(false);
+        };
+        if self
+            .refused
+            .lock()
+            .expect("refused digests")
+            .contains(&digest)
+        {
+            return Ok(false);
+        }
+        match self.run(runtime, &digest).await {
+            Ok(()) => Ok(true),
+            Err(error @ Error::Invalid(_)) => {
+                self.refused.lock().expect("refused digests").insert(digest);
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn run(&self, runtime: &Runtime, digest: &str) -> Result<()> {
