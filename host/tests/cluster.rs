@@ -343,6 +343,11 @@ impl Drop for TestCluster {
             }
         }
         if !std::thread::panicking() {
+            for node in &mut self.nodes {
+                if let Some(child) = node.child.as_mut() {
+                    let _ = child.start_kill();
+                }
+            }
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -320,31 +320,41 @@ async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives(
 
 /// A pool of a type activated through another node, made there, takes
 /// commands and reads on a node the activation's notification has not
-/// reached yet.
+/// reached yet, whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_a_type_activated_elsewhere_takes_commands_before_its_notification_arrives() {
-    let (node, url) = warehouse_activated_unheard().await;
-    let (pool, config) = warehouse_pool();
-    let pool = PoolId::new(&pool).unwrap();
-    let config = serde_json::value::to_raw_value(&config).unwrap();
-    let other_node = Journal::connect(&url, 1).await.unwrap();
-    assert!(
-        other_node
-            .create_pool(&pool, "warehouse", &config)
-            .await
-            .unwrap()
-    );
+    for first in ["reserve", "read", "state"] {
+        let (node, url) = warehouse_activated_unheard().await;
+        let (pool, config) = warehouse_pool();
+        let pool = PoolId::new(&pool).unwrap();
+        let config = serde_json::value::to_raw_value(&config).unwrap();
+        let other_node = Journal::connect(&url, 1).await.unwrap();
+        assert!(
+            other_node
+                .create_pool(&pool, "warehouse", &config)
+                .await
+                .unwrap()
+        );
 
-    let checkout = Api::new(&node, Some(CHECKOUT));
-    let placed = checkout
-        .reserve(pool.as_str(), "o1", json!({ "items": 150, "due_hour": 12 }))
-        .await;
-    assert_eq!(placed.ok(201)["events"][0]["type"], "order_placed");
-    Api::new(&node, Some(PLANNER))
-        .get(&format!("/v1/pools/{pool}"))
-        .await
-        .ok(200);
-    node.stop().await;
+        let planner = Api::new(&node, Some(PLANNER));
+        match first {
+            "reserve" => {
+                let placed = Api::new(&node, Some(CHECKOUT))
+                    .reserve(pool.as_str(), "o1", json!({ "items": 150, "due_hour": 12 }))
+                    .await;
+                assert_eq!(placed.ok(201)["events"][0]["type"], "order_placed");
+            }
+            "read" => {
+                let read = planner.get(&format!("/v1/pools/{pool}")).await;
+                assert_eq!(read.ok(200)["capacity_type"], "warehouse");
+            }
+            _ => {
+                let read = planner.get(&format!("/v1/pools/{pool}/state?seq=0")).await;
+                assert_eq!(read.ok(200)["seq_nr"], 0);
+            }
+        }
+        node.stop().await;
+    }
 }
 
 /// A replay check reports pools a candidate cannot rebuild and views it rebuilds differently; activation refuses such a candidate unless forced.

@@ -107,24 +107,25 @@ pub async fn database() -> String {
 
 /// The URL of the `postgres` database of the server the tests use: the one
 /// at `DATABASE_URL` when set, else an embedded one private to this test
-/// binary. The first call of a process drops the test databases of runs
-/// that have ended, so that they do not pile up, while the last run's stay
-/// for a look after a failure.
+/// target. The first call of a process on the embedded server drops the
+/// test databases of runs that have ended, so that they do not pile up,
+/// while the last run's stay for a look after a failure. A server at
+/// `DATABASE_URL` may be shared, and its databases are left alone.
 pub async fn admin_url() -> String {
     static SERVER: OnceLock<allot_host::pg::EmbeddedPostgres> = OnceLock::new();
     static ADMIN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     ADMIN
         .get_or_init(|| async {
-            let admin = match std::env::var("DATABASE_URL") {
-                Ok(url) if !url.is_empty() => url,
-                _ => SERVER
-                    .get_or_init(|| {
-                        let dir = dev::scratch_postgres_dir(&test_target());
-                        allot_host::pg::EmbeddedPostgres::start(&dir)
-                            .unwrap_or_else(|e| panic!("{e}"))
-                    })
-                    .url("postgres"),
-            };
+            if let Ok(url) = std::env::var("DATABASE_URL")
+                && !url.is_empty()
+            {
+                return url;
+            }
+            let server = SERVER.get_or_init(|| {
+                let dir = dev::scratch_postgres_dir(&test_target());
+                allot_host::pg::EmbeddedPostgres::start(&dir).unwrap_or_else(|e| panic!("{e}"))
+            });
+            let admin = server.url("postgres");
             drop_databases_of_ended_runs(&admin).await;
             admin
         })
@@ -133,7 +134,7 @@ pub async fn admin_url() -> String {
 }
 
 /// Drops the test databases whose process has ended, and returns their
-/// names. One still in use (by a run elsewhere, on a shared server) stays.
+/// names: for a server that only this machine's tests use.
 pub async fn drop_databases_of_ended_runs(admin: &str) -> Vec<String> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin)
@@ -154,7 +155,6 @@ pub async fn drop_databases_of_ended_runs(admin: &str) -> Vec<String> {
         let ended = pid.is_some_and(|pid| {
             pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         });
-        // Without FORCE, so that a database in use is left alone.
         let drop = format!("DROP DATABASE IF EXISTS \"{}\"", name.replace('"', "\"\""));
         if ended
             && sqlx::query(sqlx::AssertSqlSafe(drop))
@@ -168,16 +168,24 @@ pub async fn drop_databases_of_ended_runs(admin: &str) -> Vec<String> {
     dropped
 }
 
-/// This test binary's target: cargo names the binary `<target>-<hash>`, and
-/// the hash changes with the dependencies and flags, so the embedded
-/// server's folder is named after the target alone and a rebuild reuses it.
+/// This test binary's target and profile, such as `journal.debug`: cargo
+/// names the binary `<target>-<hash>` in `<profile>/deps`, and the hash
+/// changes with the dependencies and flags, so the embedded server's folder
+/// is named without it and a rebuild reuses it.
 fn test_target() -> String {
     let binary = std::env::current_exe().unwrap();
     let stem = binary.file_stem().unwrap().to_string_lossy();
-    match stem.rsplit_once('-') {
+    let target = match stem.rsplit_once('-') {
         Some((target, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            target.to_owned()
+            target
         }
-        _ => stem.into_owned(),
-    }
+        _ => &stem,
+    };
+    let profile = binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .and_then(|profile| profile.file_name())
+        .map(|name| name.to_string_lossy())
+        .unwrap_or_default();
+    format!("{target}.{profile}")
 }
