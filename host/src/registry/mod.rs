@@ -432,10 +432,21 @@ impl Registry {
     /// it now; live pools move to it at their next command.
     pub async fn sync(&self, runtime: &Runtime, capacity_type: &str) -> Result<()> {
         let _syncing = self.syncing.lock().await;
-        if let Some(digest) = self.active().await?.get(capacity_type) {
-            self.run(runtime, digest).await?;
+        if let Some(digest) = self.active_version(capacity_type).await? {
+            self.run(runtime, &digest).await?;
         }
         Ok(())
+    }
+
+    /// The active version of one capacity type, if it has one.
+    async fn active_version(&self, capacity_type: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT digest FROM plugin_activations WHERE capacity_type = $1
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(capacity_type)
+        .fetch_optional(&self.db)
+        .await?)
     }
 
     /// Makes the runtime run the type's active version if it does not run
@@ -452,14 +463,7 @@ impl Registry {
         if runtime.plugin(capacity_type).is_ok() {
             return Ok(true);
         }
-        let digest: Option<String> = sqlx::query_scalar(
-            "SELECT digest FROM plugin_activations WHERE capacity_type = $1
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(capacity_type)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(digest) = digest else {
+        let Some(digest) = self.active_version(capacity_type).await? else {
             return Ok(false);
         };
         if self
