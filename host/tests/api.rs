@@ -162,6 +162,63 @@ async fn checkout_flow_with_audit_trail() {
     node.stop().await;
 }
 
+/// Outcomes and events read back from the journal are the very bytes the
+/// command answered first: a retry on a restarted node, the reservation's
+/// status and the pool's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_outcomes_come_back_as_answered() {
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), EntityConfig::default()).await;
+    let planner = Api::new(&node, Some(PLANNER));
+    planner
+        .create("q1", "quota", json!({ "name": "q1", "units": 2 }))
+        .await
+        .ok(201);
+    let first = planner.reserve("q1", "a", json!({ "units": 2 })).await;
+    first.ok(201);
+    // The plugin's own order, which is not the one `jsonb` sorts keys into.
+    let event = r#"{"type":"reserved","reservation_id":"a","units":2}"#;
+    assert_eq!(
+        first.text,
+        format!(r#"{{"pool":"q1","seq_nr":1,"events":[{event}]}}"#)
+    );
+    planner
+        .reserve("q1", "b", json!({ "units": 1 }))
+        .await
+        .problem(409, "quota_exhausted");
+    node.stop().await;
+
+    let node = node_with(Some(url), EntityConfig::default()).await;
+    let planner = Api::new(&node, Some(PLANNER));
+    let again = planner.reserve("q1", "a", json!({ "units": 2 })).await;
+    assert_eq!(again.ok(201), &first.body);
+    assert_eq!(again.text, first.text);
+    let status = planner.get("/v1/pools/q1/reservations/a").await;
+    assert!(
+        status.text.contains(&format!("\"events\":[{event}]")),
+        "{}",
+        status.text
+    );
+    let history = planner.get("/v1/pools/q1/events").await;
+    assert!(
+        history.text.contains(&format!("\"payload\":{event}")),
+        "{}",
+        history.text
+    );
+    // A refusal's outcome, kept in a row of its own, reads back as the
+    // node wrote it too (`jsonb` would have put a space after each colon).
+    let refused = planner.get("/v1/pools/q1/reservations/b").await;
+    assert_eq!(refused.ok(200)["status"], "rejected");
+    assert!(
+        refused
+            .text
+            .contains(r#""reserve":{"rejected":{"problem":{"#),
+        "{}",
+        refused.text
+    );
+    node.stop().await;
+}
+
 /// A business rejection is a 409 carrying the plugin's code; an invalid request is a 422.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_and_invalid_commands() {

@@ -27,15 +27,7 @@ async fn upload(api: &Api, bytes: Vec<u8>, capacity_type: Option<&str>) -> Reply
     if let Some(token) = api.token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(request.send().await.unwrap()).await
 }
 
 fn component(package: &str) -> Vec<u8> {

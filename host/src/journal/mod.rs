@@ -1226,13 +1226,13 @@ WITH batch AS (
                         plugin_digest, request_id, actor, command_key, command_events)
     SELECT e.pool_id, e.seq_nr, e.payload, e.plugin, '', '', '', e.request_id, e.actor,
            e.command_key, e.command_events
-      FROM UNNEST($5::text[], $6::bigint[], $7::text[]::jsonb[], $8::int[], $9::text[],
+      FROM UNNEST($5::text[], $6::bigint[], $7::text[]::json[], $8::int[], $9::text[],
                   $10::text[], $11::text[], $12::int[])
         AS e(pool_id, seq_nr, payload, plugin, request_id, actor, command_key, command_events)
      WHERE e.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
 ), new_commands AS (
     INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-    SELECT c.* FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::text[]::jsonb[])
+    SELECT c.* FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::text[]::json[])
         AS c(pool_id, idempotency_key, seq_nr, outcome)
      WHERE c.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
         ON CONFLICT (pool_id, idempotency_key) DO UPDATE

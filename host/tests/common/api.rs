@@ -74,14 +74,28 @@ pub struct Api {
     pub token: Option<&'static str>,
 }
 
-/// A response: status, headers and the JSON body (Null when empty or not JSON).
+/// A response: status, headers and the body, as sent and as JSON (Null
+/// when empty or not JSON).
 pub struct Reply {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,
+    pub text: String,
     pub body: Value,
 }
 
 impl Reply {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
     /// Asserts a problem response with this status and code.
     #[track_caller]
     pub fn problem(&self, status: u16, code: &str) {
@@ -136,15 +150,7 @@ impl Api {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("the node answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        }
+        Reply::read(request.send().await.expect("the node answers")).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -1,0 +1,16 @@
+-- Events and recorded outcomes are kept as the text they were written as.
+--
+-- As `jsonb` they came back with their keys reordered and spaces added:
+-- a command retried after its pool had moved or restarted answered the
+-- same outcome in other bytes than its first answer, and the reservation
+-- and history routes showed events in another form than the command that
+-- decided them. Nothing looks inside these columns (no index, no
+-- operator), so `json`, which keeps the text as given after checking
+-- that it is JSON, is all they need; it is also cheaper to write.
+--
+-- Rows written before keep the form `jsonb` gave them. The change
+-- rewrites both tables once, holding them locked while it does. A node of
+-- the earlier version, during a rolling upgrade, writes `jsonb` values,
+-- which PostgreSQL casts on assignment, and reads the columns as text.
+ALTER TABLE events ALTER COLUMN payload TYPE json;
+ALTER TABLE commands ALTER COLUMN outcome TYPE json;
