@@ -349,6 +349,50 @@ async fn a_pool_of_a_type_activated_elsewhere_takes_commands_before_its_notifica
     }
 }
 
+/// A replay check, asked for or made before an activation, compares the
+/// candidate with the version the registry has active, on a node that has
+/// not heard of that version's activation too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_compare_with_an_activation_not_yet_heard_of() {
+    for asked in ["check", "activate"] {
+        let (node, url) = warehouse_activated_unheard().await;
+        let (pool, config) = warehouse_pool();
+        let config = serde_json::value::to_raw_value(&config).unwrap();
+        let other_node = Journal::connect(&url, 1).await.unwrap();
+        let pool = PoolId::new(&pool).unwrap();
+        assert!(
+            other_node
+                .create_pool(&pool, "warehouse", &config)
+                .await
+                .unwrap()
+        );
+        let operator = Api::new(&node, Some(OPERATOR));
+        let digest = active(operator.get("/v1/plugins").await.ok(200), "warehouse");
+        let report = match asked {
+            "check" => operator
+                .post(
+                    "/v1/capacity-types/warehouse/check",
+                    json!({ "digest": digest }),
+                )
+                .await
+                .ok(200)
+                .clone(),
+            _ => operator
+                .post(
+                    "/v1/capacity-types/warehouse/activate",
+                    json!({ "digest": digest }),
+                )
+                .await
+                .ok(200)["check"]
+                .clone(),
+        };
+        assert_eq!(report["active"], digest.as_str(), "{asked}: {report}");
+        assert_eq!(report["pools"], 1, "{asked}: {report}");
+        assert_eq!(report["differences"], json!([]), "{asked}: {report}");
+        node.stop().await;
+    }
+}
+
 /// A replay check reports pools a candidate cannot rebuild and views it rebuilds differently; activation refuses such a candidate unless forced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_check_guards_activation() {

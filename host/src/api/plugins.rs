@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::OPERATING;
 use super::{ApiError, AppState, Body, Caller, Path, ProblemBody, Query};
 use crate::entity::ShadowReport;
-use crate::registry::{Activation, Report, Version, replay_check};
+use crate::registry::{Activation, Report, Version};
 
 /// Largest component taken, in bytes.
 pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
@@ -215,7 +215,10 @@ pub async fn check(
             "`sample` must be 1 or more",
         ));
     }
-    let report = replay_check(&state.runtime, &candidate, body.sample).await?;
+    let report = state
+        .registry
+        .check(&state.runtime, &candidate, body.sample)
+        .await?;
     Ok(axum::Json(report))
 }
 

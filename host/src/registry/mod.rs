@@ -229,7 +229,7 @@ impl Registry {
     }
 
     /// Checks a stored version against existing pools' history (see
-    /// [`replay_check`]), then activates it; a version that cannot replay
+    /// [`Registry::check`]), then activates it; a version that cannot replay
     /// every pool checked is refused unless `force` is set. Returns the
     /// check's report with the activation.
     pub async fn activate_checked(
@@ -257,7 +257,7 @@ impl Registry {
         force: bool,
     ) -> Result<(Activation, Report)> {
         let candidate = self.candidate(capacity_type, digest).await?;
-        let report = replay_check(runtime, &candidate, None).await?;
+        let report = self.check(runtime, &candidate, None).await?;
         if !report.can_replay() && !force {
             return Err(Error::ReplayCheckFailed(Box::new(report)));
         }
@@ -426,6 +426,32 @@ impl Registry {
             self.run(runtime, digest).await?;
         }
         Ok(active.len())
+    }
+
+    /// Rebuilds the candidate's capacity type's pools with it and with the
+    /// type's active version as the database has it now, which this node
+    /// may not have heard of yet (see [`replay_check`]). An active version
+    /// that does not compile here leaves the comparison to what runs here,
+    /// which the report names, so that a version to replace it can still
+    /// be checked.
+    pub async fn check(
+        &self,
+        runtime: &Runtime,
+        candidate: &Arc<Plugin>,
+        sample: Option<usize>,
+    ) -> Result<Report> {
+        let capacity_type = &candidate.info().capacity_type;
+        match self.sync(runtime, capacity_type).await {
+            Ok(()) => {}
+            Err(Error::Invalid(error)) => {
+                tracing::warn!(
+                    capacity_type,
+                    "the active version does not run here: {error}"
+                );
+            }
+            Err(error) => return Err(error),
+        }
+        replay_check(runtime, candidate, sample).await
     }
 
     /// Makes the runtime run the type's active version, as the database has
