@@ -3,10 +3,17 @@
 //! checked here (that is what the benchmark is for); that it runs, prints
 //! its table and passes its own correctness check is.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Benchmarks started by these tests share one PostgreSQL folder, so they
+/// run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let output = Command::new(env!("CARGO_BIN_EXE_allot"))
         .args([
             "bench",
@@ -107,6 +114,92 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
         stdout.contains("the sweep of grid×5 on baseline ran out of steps (--steps 2)"),
         "{stdout}"
     );
+}
+
+/// Stopped by SIGTERM (as `timeout` or a CI job would stop it), the
+/// benchmark takes the servers it started down with it.
+#[test]
+fn a_signal_stops_the_benchmark_and_the_servers_it_started() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["bench", "--scenarios", "spread", "--duration", "10m"])
+        .args(["--pools", "20", "--write-rate", "50"])
+        .env("DATABASE_URL", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("allot bench runs");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let servers = loop {
+        let servers = servers_started_by(bench.id());
+        if servers.len() == 2 {
+            break servers;
+        }
+        assert!(
+            Instant::now() < deadline && bench.try_wait().unwrap().is_none(),
+            "the benchmark did not start its two servers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &bench.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = bench.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the benchmark did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Killed as the benchmark let go of them; their parent gone, they may
+    // linger as zombies where nothing reaps orphans.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers.iter().any(|&pid| runs(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<u32> = servers.into_iter().filter(|&pid| runs(pid)).collect();
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(left.is_empty(), "servers left running: {left:?}");
+    let stderr = std::io::read_to_string(bench.stderr.take().unwrap()).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+}
+
+/// The `allot serve` processes whose parent is `parent`.
+fn servers_started_by(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            stat(pid).is_some_and(|(_, ppid)| ppid == parent)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|line| line.split(|&b| b == 0).any(|arg| arg == b"serve"))
+        })
+        .collect()
+}
+
+/// Whether the process exists and is not a zombie.
+fn runs(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// A process's state and parent, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
 }
 
 #[test]

@@ -92,7 +92,12 @@ async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
         Subcommands::Confirm(args) => client::reservation_verb("confirm", args).await,
         Subcommands::Reservation(args) => client::reservation(args).await,
         Subcommands::Grid(args) => client::grid(args).await,
-        Subcommands::Bench(args) => crate::bench::run(*args).await,
+        // On Ctrl-C or SIGTERM the run is dropped, which kills the servers
+        // it started and stops its PostgreSQL instead of leaving them.
+        Subcommands::Bench(args) => tokio::select! {
+            done = crate::bench::run(*args) => done,
+            () = shutdown_signal() => anyhow::bail!("stopped by a signal before the run ended"),
+        },
     }
 }
 
