@@ -178,7 +178,8 @@ pub async fn activate(
 
 /// Rebuild existing pools of the type with a stored version, beside the
 /// active one, and report the pools it cannot rebuild or rebuilds into
-/// another view. Nothing changes.
+/// another view. Nothing changes (a node that had not heard of the type's
+/// latest activation yet loads that version first, to compare with it).
 #[utoipa::path(
     post,
     path = "/v1/capacity-types/{capacity_type}/check",

@@ -430,10 +430,10 @@ impl Registry {
 
     /// Rebuilds the candidate's capacity type's pools with it and with the
     /// type's active version as the database has it now, which this node
-    /// may not have heard of yet (see [`replay_check`]). An active version
-    /// that does not compile here leaves the comparison to what runs here,
-    /// which the report names, so that a version to replace it can still
-    /// be checked.
+    /// may not have heard of yet (see [`replay_check`]), which it runs from
+    /// then on. An active version that does not compile here is logged and
+    /// leaves the comparison to what runs here, which the report names, so
+    /// that a version to replace it can still be checked.
     pub async fn check(
         &self,
         runtime: &Runtime,
@@ -441,16 +441,19 @@ impl Registry {
         sample: Option<usize>,
     ) -> Result<Report> {
         let capacity_type = &candidate.info().capacity_type;
-        match self.sync(runtime, capacity_type).await {
-            Ok(()) => {}
-            Err(Error::Invalid(error)) => {
-                tracing::warn!(
+        let syncing = self.syncing.lock().await;
+        if let Some(digest) = self.active_version(capacity_type).await? {
+            match self.run_unless_refused(runtime, &digest).await {
+                Ok(true) => {}
+                Ok(false) | Err(Error::Invalid(_)) => tracing::warn!(
                     capacity_type,
-                    "the active version does not run here: {error}"
-                );
+                    digest,
+                    "the active version does not compile here; the check compares with what runs"
+                ),
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
         }
+        drop(syncing);
         replay_check(runtime, candidate, sample).await
     }
 
@@ -492,18 +495,27 @@ impl Registry {
         let Some(digest) = self.active_version(capacity_type).await? else {
             return Ok(false);
         };
+        self.run_unless_refused(runtime, &digest).await
+    }
+
+    /// Makes the runtime run a version, unless it failed to compile on this
+    /// node before (`Ok(false)`); one that fails now is remembered so.
+    async fn run_unless_refused(&self, runtime: &Runtime, digest: &str) -> Result<bool> {
         if self
             .refused
             .lock()
             .expect("refused digests")
-            .contains(&digest)
+            .contains(digest)
         {
             return Ok(false);
         }
-        match self.run(runtime, &digest).await {
+        match self.run(runtime, digest).await {
             Ok(()) => Ok(true),
             Err(error @ Error::Invalid(_)) => {
-                self.refused.lock().expect("refused digests").insert(digest);
+                self.refused
+                    .lock()
+                    .expect("refused digests")
+                    .insert(digest.to_owned());
                 Err(error)
             }
             Err(error) => Err(error),
