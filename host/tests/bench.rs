@@ -121,38 +121,41 @@ fn the_benchmark_runs_every_scenario_on_both_targets_and_checks_them() {
 #[test]
 fn a_signal_stops_the_benchmark_and_the_servers_it_started() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["bench", "--scenarios", "spread", "--duration", "10m"])
-        .args(["--pools", "20", "--write-rate", "50"])
-        .env("DATABASE_URL", "")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("allot bench runs");
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut bench = Running::start(&[
+        "--scenarios",
+        "spread",
+        "--duration",
+        "10m",
+        "--pools",
+        "20",
+        "--write-rate",
+        "50",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let servers = loop {
-        let servers = servers_started_by(bench.id());
+        let servers = servers_started_by(bench.child.id());
         if servers.len() == 2 {
             break servers;
         }
         assert!(
-            Instant::now() < deadline && bench.try_wait().unwrap().is_none(),
-            "the benchmark did not start its two servers"
+            Instant::now() < deadline && bench.child.try_wait().unwrap().is_none(),
+            "the benchmark did not start its two servers:\n{}",
+            bench.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &bench.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal("TERM", bench.child.id());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = bench.try_wait().unwrap() {
+        if let Some(status) = bench.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the benchmark did not stop");
+        assert!(
+            Instant::now() < deadline,
+            "the benchmark did not stop:\n{}",
+            bench.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     // Killed as the benchmark let go of them; their parent gone, they may
@@ -162,15 +165,66 @@ fn a_signal_stops_the_benchmark_and_the_servers_it_started() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let left: Vec<u32> = servers.into_iter().filter(|&pid| runs(pid)).collect();
-    for pid in &left {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    for &pid in &left {
+        signal("KILL", pid);
     }
     assert!(left.is_empty(), "servers left running: {left:?}");
-    let stderr = std::io::read_to_string(bench.stderr.take().unwrap()).unwrap();
     assert!(!status.success());
+    let stderr = bench.stderr();
     assert!(stderr.contains("stopped by a signal"), "{stderr}");
+}
+
+/// `allot bench` running, its standard error in a file. A test that ends
+/// while it runs stops it (TERM, then KILL) and kills its servers.
+struct Running {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let stderr =
+            std::env::temp_dir().join(format!("allot-bench-{}.stderr", std::process::id()));
+        let child = Command::new(env!("CARGO_BIN_EXE_allot"))
+            .arg("bench")
+            .args(args)
+            .env("DATABASE_URL", "")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("allot bench runs");
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let servers = servers_started_by(self.child.id());
+            signal("TERM", self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in servers {
+                signal("KILL", pid);
+            }
+        }
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+fn signal(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The `allot serve` processes whose parent is `parent`.

@@ -93,10 +93,18 @@ async fn run_async(command: Subcommands) -> anyhow::Result<bool> {
         Subcommands::Reservation(args) => client::reservation(args).await,
         Subcommands::Grid(args) => client::grid(args).await,
         // On Ctrl-C or SIGTERM the run is dropped, which kills the servers
-        // it started and stops its PostgreSQL instead of leaving them.
+        // it started and stops its PostgreSQL instead of leaving them; a
+        // second signal ends the process without waiting for that.
         Subcommands::Bench(args) => tokio::select! {
             done = crate::bench::run(*args) => done,
-            () = shutdown_signal() => anyhow::bail!("stopped by a signal before the run ended"),
+            () = shutdown_signal() => {
+                eprintln!("stopping the servers the benchmark started …");
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    std::process::exit(130);
+                });
+                anyhow::bail!("stopped by a signal before the run ended")
+            }
         },
     }
 }
