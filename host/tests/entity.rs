@@ -464,8 +464,7 @@ async fn a_retry_is_answered_with_every_event_of_its_command() {
     runtime.shutdown().await;
 }
 
-/// An outcome as a JSON value: stored outcomes come back from JSONB, which
-/// orders keys its own way.
+/// An outcome as a JSON value, to compare (its events are raw JSON text).
 fn same(outcome: &Outcome) -> serde_json::Value {
     serde_json::to_value(outcome).unwrap()
 }

@@ -1084,3 +1084,64 @@ async fn a_view_published_during_a_read_does_not_wait_for_it() {
     );
     assert_eq!(seq(&model), Some(SeqNr(2)), "the late view was not taken");
 }
+
+/// Migration 18 moves events written as `jsonb` to `json` columns, which
+/// keep what is written from then on as written. It gives up rather than
+/// wait long for its lock behind a reader, and applies on the next try.
+#[tokio::test]
+async fn events_move_to_json_columns_and_the_move_waits_for_no_long_reader() {
+    let url = common::database().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::migrate!("../migrations")
+        .run_to(20261205000017, &mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        r#"INSERT INTO pools (pool_id, capacity_type, config, shard) VALUES ('older', 'test', '{}', 0);
+           INSERT INTO events (pool_id, seq_nr, payload, plugin_name, plugin_version, plugin_digest, request_id)
+           VALUES ('older', 1, '{"type":"reserved","units":2}', 'x', '1', 'sha256:x', 'req')"#,
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let mut reader = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut reading = reader.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM events")
+        .execute(&mut *reading)
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        Journal::connect(&url, 1),
+    )
+    .await
+    .expect("the migration gives up waiting for its lock");
+    let error = waited.err().expect("the migration needs the lock");
+    assert!(error.to_string().contains("lock timeout"), "{error}");
+    reading.commit().await.unwrap();
+
+    let journal = Journal::connect(&url, 1).await.unwrap();
+    let id = PoolId::new("older").unwrap();
+    let mut batch = append(&id, 1, Vec::new());
+    batch.events = vec![NewEvent {
+        payload: RawValue::from_string(r#"{"type":"reserved","units":3}"#.into()).unwrap(),
+        ..events(1).remove(0)
+    }];
+    journal.append(&batch).await.unwrap();
+    let payloads: Vec<String> = journal
+        .events(&id, SeqNr(0), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload.get().to_owned())
+        .collect();
+    // The older event in `jsonb`'s form, the newer one as written.
+    assert_eq!(
+        payloads,
+        [
+            r#"{"type": "reserved", "units": 2}"#,
+            r#"{"type":"reserved","units":3}"#
+        ]
+    );
+}

@@ -345,13 +345,9 @@ impl Target {
         // Every reservation (the units it holds, its id) and every release.
         let records = match self.design {
             Design::Allot => {
-                // Each payload parsed once, into the fields checked. A
-                // database shared with other capacity types may hold
-                // events that are not objects.
-                "SELECT e.pool_id, r.units, r.reservation_id, r.type = 'released'
-                   FROM events e,
-                        json_to_record(e.payload) AS r(type text, units bigint, reservation_id text)
-                  WHERE json_typeof(e.payload) = 'object' AND r.type IN ('reserved', 'released')"
+                "SELECT pool_id, (payload->>'units')::bigint, payload->>'reservation_id',
+                        payload->>'type' = 'released'
+                   FROM events WHERE payload->>'type' IN ('reserved', 'released')"
             }
             Design::Baseline => {
                 "SELECT pool_id, units, reservation_id, released FROM baseline.reservations"
@@ -389,9 +385,8 @@ impl Target {
         // Where a fingerprint came twice, the pool's ids are counted exactly.
         let repeated = match self.design {
             Design::Allot => {
-                "SELECT count(*) - count(DISTINCT r.reservation_id)
-                   FROM events e, json_to_record(e.payload) AS r(type text, reservation_id text)
-                  WHERE e.pool_id = $1 AND r.type = 'reserved'"
+                "SELECT count(*) - count(DISTINCT payload->>'reservation_id') FROM events
+                  WHERE pool_id = $1 AND payload->>'type' = 'reserved'"
             }
             Design::Baseline => {
                 "SELECT count(*) - count(DISTINCT reservation_id) FROM baseline.reservations

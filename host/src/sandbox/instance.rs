@@ -278,8 +278,9 @@ fn checked_problem(call: &'static str, problem: wit::Problem) -> Result<Problem>
     Ok(problem)
 }
 
-/// PostgreSQL stores no NUL character in text or JSONB; refusing one here
-/// keeps a single bad decision from failing the append it would share.
+/// PostgreSQL stores no NUL character in text, nor in `jsonb` (the read
+/// model's views) even as `\u0000`; refusing one here keeps a single bad
+/// decision from failing the append or view write it would share.
 fn storable(call: &'static str, text: &str) -> Result<()> {
     if text.contains('\0') || text.contains("\\u0000") {
         return Err(bad_output(
