@@ -1145,3 +1145,22 @@ async fn events_move_to_json_columns_and_the_move_waits_for_no_long_reader() {
         ]
     );
 }
+
+/// A node starts on a database that a newer build has migrated further, as
+/// one restarted in the middle of a rolling upgrade does.
+#[tokio::test]
+async fn a_node_starts_on_a_database_migrated_by_a_newer_build() {
+    let url = common::database().await;
+    drop(Journal::connect(&url, 1).await.unwrap());
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'from a newer build', true, '\\x00', 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    Journal::connect(&url, 1)
+        .await
+        .expect("starts on a database a newer build migrated");
+}

@@ -334,7 +334,13 @@ impl Journal {
                     .options([("plan_cache_mode", "force_generic_plan")]),
             )
             .await?;
-        sqlx::migrate!("../migrations").run(&db).await?;
+        let mut migrator = sqlx::migrate!("../migrations");
+        // During a rolling upgrade the first node of the newer build applies
+        // its migrations, and a node of this build that starts afterwards
+        // finds some it does not know. Each migration keeps the build
+        // before it working, so it starts all the same.
+        migrator.set_ignore_missing(true);
+        migrator.run(&db).await?;
         Ok(Self {
             db,
             plugin_keys: Arc::default(),
