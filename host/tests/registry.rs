@@ -294,6 +294,22 @@ fn warehouse_pool() -> (String, Value) {
     (format!("ams-1.{date}"), config)
 }
 
+/// Makes [`warehouse_pool`] as another node would: in the journal, unheard
+/// of by the node under test until it is asked for it.
+async fn warehouse_pool_made_elsewhere(url: &str) -> PoolId {
+    let (pool, config) = warehouse_pool();
+    let pool = PoolId::new(&pool).unwrap();
+    let config = serde_json::value::to_raw_value(&config).unwrap();
+    let other_node = Journal::connect(url, 1).await.unwrap();
+    assert!(
+        other_node
+            .create_pool(&pool, "warehouse", &config)
+            .await
+            .unwrap()
+    );
+    pool
+}
+
 /// A pool of a type activated through another node can be made at once,
 /// before the activation's notification has reached the node asked; a type
 /// with no active version is still unknown.
@@ -317,16 +333,7 @@ async fn a_type_activated_elsewhere_takes_pools_before_its_notification_arrives(
 async fn a_pool_of_a_type_activated_elsewhere_takes_commands_before_its_notification_arrives() {
     for first in ["reserve", "read", "state"] {
         let (node, url) = warehouse_activated_unheard().await;
-        let (pool, config) = warehouse_pool();
-        let pool = PoolId::new(&pool).unwrap();
-        let config = serde_json::value::to_raw_value(&config).unwrap();
-        let other_node = Journal::connect(&url, 1).await.unwrap();
-        assert!(
-            other_node
-                .create_pool(&pool, "warehouse", &config)
-                .await
-                .unwrap()
-        );
+        let pool = warehouse_pool_made_elsewhere(&url).await;
 
         let planner = Api::new(&node, Some(PLANNER));
         match first {
@@ -356,16 +363,7 @@ async fn a_pool_of_a_type_activated_elsewhere_takes_commands_before_its_notifica
 async fn checks_compare_with_an_activation_not_yet_heard_of() {
     for asked in ["check", "activate"] {
         let (node, url) = warehouse_activated_unheard().await;
-        let (pool, config) = warehouse_pool();
-        let config = serde_json::value::to_raw_value(&config).unwrap();
-        let other_node = Journal::connect(&url, 1).await.unwrap();
-        let pool = PoolId::new(&pool).unwrap();
-        assert!(
-            other_node
-                .create_pool(&pool, "warehouse", &config)
-                .await
-                .unwrap()
-        );
+        warehouse_pool_made_elsewhere(&url).await;
         let operator = Api::new(&node, Some(OPERATOR));
         let digest = active(operator.get("/v1/plugins").await.ok(200), "warehouse");
         let report = match asked {
