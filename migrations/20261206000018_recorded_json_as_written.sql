@@ -1,8 +1,8 @@
 -- Events and recorded outcomes are kept as the text they were written as.
 --
 -- As `jsonb` they came back with their keys reordered and spaces added:
--- a command retried after its pool had moved or restarted answered the
--- same outcome in other bytes than its first answer, and the reservation
+-- a retried command, whose outcome is read back from the journal,
+-- answered it in other bytes than its first answer, and the reservation
 -- and history routes showed events in another form than the command that
 -- decided them. Nothing looks inside these columns (no index, no
 -- operator), so `json`, which keeps the text as given after checking

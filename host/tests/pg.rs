@@ -12,6 +12,13 @@ fn folder(name: &str) -> PathBuf {
     dev::scratch_postgres_dir(name)
 }
 
+/// A test's folder, emptied of what an earlier run left.
+fn empty_folder(name: &str) -> PathBuf {
+    let dir = folder(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 async fn query_one(url: &str, sql: &'static str) -> sqlx::Result<i64> {
     let mut conn = sqlx::PgConnection::connect(url).await?;
     sqlx::query_scalar(sql).fetch_one(&mut conn).await
@@ -20,8 +27,7 @@ async fn query_one(url: &str, sql: &'static str) -> sqlx::Result<i64> {
 /// A fresh folder is initialised, served on loopback, stopped on drop, and reused with its data.
 #[tokio::test]
 async fn starts_stops_and_reuses_its_data() {
-    let dir = folder("reuse");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = empty_folder("reuse");
 
     let pg = EmbeddedPostgres::start(&dir).expect("first start");
     let url = pg.url("postgres");
@@ -80,8 +86,7 @@ fn missing_binaries_are_named() {
 /// is reported with what its log says.
 #[tokio::test]
 async fn settings_apply_to_their_start_only_and_a_refused_one_is_reported() {
-    let dir = folder("settings");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = empty_folder("settings");
     let work_mem = |pg: &EmbeddedPostgres| {
         let url = pg.url("postgres");
         async move {
@@ -113,8 +118,7 @@ async fn settings_apply_to_their_start_only_and_a_refused_one_is_reported() {
 /// dropped when the next run starts, and those of a running one are kept.
 #[tokio::test]
 async fn test_databases_of_ended_runs_are_dropped_and_of_running_ones_kept() {
-    let dir = folder("cleanup");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = empty_folder("cleanup");
     let pg = EmbeddedPostgres::start(&dir).expect("start");
     let admin = pg.url("postgres");
     let mut ended = std::process::Command::new("true").spawn().unwrap();

@@ -127,7 +127,7 @@ pub struct Registry {
     /// Compiled components by digest: compiling takes hundreds of ms.
     compiled: Arc<Mutex<HashMap<String, Arc<Plugin>>>>,
     /// Digests that failed to compile here, which [`catch_up`](Self::catch_up)
-    /// does not try again.
+    /// and [`check`](Self::check) do not try again.
     refused: Arc<Mutex<HashSet<String>>>,
     /// Held while making the runtime match the active versions.
     syncing: Arc<tokio::sync::Mutex<()>>,
@@ -428,12 +428,12 @@ impl Registry {
         Ok(active.len())
     }
 
-    /// Rebuilds the candidate's capacity type's pools with it and with the
-    /// type's active version as the database has it now, which this node
-    /// may not have heard of yet (see [`replay_check`]), which it runs from
-    /// then on. An active version that does not compile here is logged and
-    /// leaves the comparison to what runs here, which the report names, so
-    /// that a version to replace it can still be checked.
+    /// Rebuilds the pools of the candidate's capacity type with it and with
+    /// the type's active version (see [`replay_check`]). The active version
+    /// is the database's: one this node has not heard of yet is loaded
+    /// first, and runs from then on. One that does not compile here is
+    /// logged, and the check compares with what runs here, as the report
+    /// names it, so that a version to replace it can still be checked.
     pub async fn check(
         &self,
         runtime: &Runtime,
