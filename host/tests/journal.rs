@@ -1164,3 +1164,61 @@ async fn a_node_starts_on_a_database_migrated_by_a_newer_build() {
         .await
         .expect("starts on a database a newer build migrated");
 }
+
+/// Nodes that start together on a database all come up: one migrates, the
+/// others wait without a statement the migrator's `CREATE INDEX
+/// CONCURRENTLY` must wait for. The race is made certain: a reader holds
+/// the index build back until a second node is waiting for its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_wait_for_one_migrator_without_deadlock() {
+    let url = common::database().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Just before the first migration that builds an index concurrently.
+    sqlx::migrate!("../migrations")
+        .run_to(20261203000014, &mut conn)
+        .await
+        .unwrap();
+    let mut reader = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut reading = reader.begin().await.unwrap();
+    // A writer's lock, which the index build waits for first.
+    sqlx::query("LOCK TABLE events IN ROW EXCLUSIVE MODE")
+        .execute(&mut *reading)
+        .await
+        .unwrap();
+
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { Journal::connect(&url, 2).await.map(drop) }
+    });
+    // The first node is building the index, held back by the reader.
+    let mut building = false;
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND wait_event_type = 'Lock' AND query ILIKE '%INDEX CONCURRENTLY%'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            building = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(building, "the first node never started the index build");
+    let second = tokio::spawn({
+        let url = url.clone();
+        async move { Journal::connect(&url, 2).await.map(drop) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    reading.commit().await.unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        (first.await.unwrap(), second.await.unwrap())
+    })
+    .await
+    .expect("both nodes are up within a minute");
+    done.0.expect("the first node migrates");
+    done.1.expect("the second node waits for it, then starts");
+}

@@ -51,6 +51,13 @@ pub enum TokenError {
     /// Two names share a token.
     #[error("`{0}` and `{1}` have the same token")]
     Duplicate(String, String),
+    /// Published (in the example config or `allot dev`) or too regular to
+    /// be anyone's secret.
+    #[error(
+        "the token of `{0}` is published (in the example config or `allot dev`) or too \
+         regular to be a secret: use a long random one, such as `openssl rand -hex 24` prints"
+    )]
+    NotSecret(String),
     /// `ALLOT_TOKENS` is not `name=role:token,…`.
     #[error("cannot read `{0}` in ALLOT_TOKENS: write `name=role:token`, separated by commas")]
     Malformed(String),
@@ -156,6 +163,23 @@ impl Tokens {
             .collect()
     }
 
+    /// Refuses tokens no one should serve with: ones that contain
+    /// `change-me` (the example config's), `allot dev`'s, and ones with
+    /// fewer than 8 different characters. For `allot serve`; the dev
+    /// setup's tokens are well known on purpose, and only on loopback.
+    pub fn check_secret(configs: &[TokenConfig], published: &[&str]) -> Result<(), TokenError> {
+        for config in configs {
+            let distinct: std::collections::HashSet<char> = config.token.chars().collect();
+            if config.token.to_ascii_lowercase().contains("change-me")
+                || published.contains(&config.token.as_str())
+                || distinct.len() < 8
+            {
+                return Err(TokenError::NotSecret(config.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// The caller a token belongs to.
     pub fn caller(&self, token: &str) -> Option<&Caller> {
         self.by_digest.get(&digest(token))
@@ -201,6 +225,47 @@ where
             .caller(token)
             .cloned()
             .ok_or_else(|| ApiError::unauthenticated("the token is not known to this node"))
+    }
+}
+
+/// Roles a route takes, as a type, for [`Allowed`].
+pub trait Roles: Send + Sync {
+    /// The roles.
+    const ROLES: &'static [Role];
+}
+
+/// Planners and operators: they shape capacity.
+pub struct Planning;
+
+impl Roles for Planning {
+    const ROLES: &'static [Role] = PLANNING;
+}
+
+/// Operators: they manage the node and its plugins.
+pub struct Operating;
+
+impl Roles for Operating {
+    const ROLES: &'static [Role] = OPERATING;
+}
+
+/// A caller whose role `R` allows the route, checked from the headers
+/// alone. Routes with a body take this rather than [`Caller`], so that a
+/// caller who may not use the route is refused before a byte of the body
+/// is read: a large body sent with the wrong token costs the node nothing.
+pub struct Allowed<R>(pub Caller, pub std::marker::PhantomData<R>);
+
+impl<S, R> FromRequestParts<S> for Allowed<R>
+where
+    S: Send + Sync,
+    Arc<Tokens>: FromRef<S>,
+    R: Roles,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(R::ROLES)?;
+        Ok(Self(caller, std::marker::PhantomData))
     }
 }
 

@@ -84,6 +84,29 @@ pub(super) fn decided(pool: PoolId, outcome: Outcome) -> Result<Decided, ApiErro
     }
 }
 
+/// What makes a command safe to send again: every command has a key, under
+/// which its first outcome is answered to every repetition.
+#[derive(Clone, Debug)]
+pub(crate) enum CommandKey {
+    /// A reservation, release or confirmation: its reservation id.
+    ReservationId(String),
+    /// A planner's command, with the caller's `Idempotency-Key`.
+    Caller(String),
+    /// A planner's command sent without a key: the one the node gave it,
+    /// answered in the `Idempotency-Key` header.
+    Given(String),
+}
+
+impl CommandKey {
+    /// The idempotency key of a type-specific command.
+    fn idempotency_key(&self) -> Option<String> {
+        match self {
+            CommandKey::ReservationId(_) => None,
+            CommandKey::Caller(key) | CommandKey::Given(key) => Some(key.clone()),
+        }
+    }
+}
+
 /// Runs a command on its pool for a caller.
 pub(super) async fn run(
     state: &AppState,
@@ -91,7 +114,7 @@ pub(super) async fn run(
     meta: Meta,
     pool: &PoolId,
     command: Command,
-    idempotency_key: Option<String>,
+    key: &CommandKey,
 ) -> Result<Outcome, ApiError> {
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let request = Request {
@@ -102,10 +125,12 @@ pub(super) async fn run(
         },
         command,
         actor: caller.actor(),
-        idempotency_key,
+        idempotency_key: key.idempotency_key(),
         deadline: meta.deadline,
     };
-    super::route::execute(state, pool, request).await
+    super::route::execute(state, pool, request)
+        .await
+        .map_err(|e| e.for_command(key))
 }
 
 /// Reserve capacity.
@@ -122,7 +147,8 @@ pub(super) async fn run(
         (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The request does not fit the capacity type", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or out of time; retry with the same id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Not decided (overloaded, or out of time before it was decided); sending it again is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "Decided, but whether it was recorded is unknown (`outcome_unknown`): send it again with the same id", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
         (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
@@ -139,11 +165,12 @@ pub async fn reserve(
     caller.require(ANYONE)?;
     let pool = pool_id(&pool)?;
     let id = client_id(&body.id)?;
+    let key = CommandKey::ReservationId(id.clone());
     let command = Command::Reserve {
         id,
         request: body.request,
     };
-    let outcome = run(&state, &caller, meta, &pool, command, None).await?;
+    let outcome = run(&state, &caller, meta, &pool, command, &key).await?;
     Ok((StatusCode::CREATED, axum::Json(decided(pool, outcome)?)))
 }
 
@@ -161,7 +188,8 @@ pub async fn reserve(
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The rules refuse it (an unknown reservation, say)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Not decided (overloaded, or out of time before it was decided); sending it again is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "Decided, but whether it was recorded is unknown (`outcome_unknown`): send it again", body = ProblemBody, content_type = "application/problem+json"),
         (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
         (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
@@ -191,7 +219,8 @@ pub async fn release(
         (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The rules refuse it (the hold expired, say)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The capacity type has no holds", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or out of time; retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Not decided (overloaded, or out of time before it was decided); sending it again is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "Decided, but whether it was recorded is unknown (`outcome_unknown`): send it again", body = ProblemBody, content_type = "application/problem+json"),
         (status = 400, description = "Malformed request, id, query or header", body = ProblemBody, content_type = "application/problem+json"),
         (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
     ),
@@ -216,8 +245,9 @@ async fn on_reservation(
 ) -> Result<axum::Json<Decided>, ApiError> {
     caller.require(ANYONE)?;
     let pool = pool_id(&path.pool)?;
-    let command = command(client_id(&path.reservation)?);
-    let outcome = run(state, caller, meta, &pool, command, None).await?;
+    let id = client_id(&path.reservation)?;
+    let key = CommandKey::ReservationId(id.clone());
+    let outcome = run(state, caller, meta, &pool, command(id), &key).await?;
     Ok(axum::Json(decided(pool, outcome)?))
 }
 

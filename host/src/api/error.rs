@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::checkout::CommandKey;
 use crate::cluster::WireProblem;
 use crate::entity;
 use crate::ids::InvalidId;
@@ -33,8 +34,14 @@ pub struct ProblemBody {
     /// Stable and machine-readable: branch on this. A capacity type's own
     /// codes (such as `slot_full`) are passed on as the plugin gave them.
     pub code: String,
-    /// Whether the same request may succeed if sent again unchanged.
+    /// Whether the same request may succeed if sent again unchanged, and
+    /// can take effect at most once however often it is sent.
     pub retryable: bool,
+    /// For a planner's command sent without an `Idempotency-Key`: the key
+    /// the node gave it. Sending the command again with this key is safe,
+    /// and answers its first outcome if it took effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// An error the API answers with.
@@ -45,6 +52,7 @@ pub struct ApiError {
     title: Cow<'static, str>,
     detail: String,
     retryable: bool,
+    idempotency_key: Option<String>,
 }
 
 impl ApiError {
@@ -55,6 +63,7 @@ impl ApiError {
             title: Cow::Borrowed(title),
             detail: detail.into(),
             retryable: false,
+            idempotency_key: None,
         }
     }
 
@@ -133,14 +142,66 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Unavailable", detail).retryable()
     }
 
-    /// 502: a node this one passed the command to did not answer, after the
-    /// command may have reached it.
+    /// 502: the command may or may not have taken effect (a node this one
+    /// passed it to did not answer after it may have arrived, or its
+    /// commit's answer was lost). Not retryable until [`Self::for_command`]
+    /// says how the caller retries safely.
     pub fn outcome_unknown(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
             "outcome_unknown",
             "Outcome unknown",
             detail,
+        )
+    }
+
+    /// The error of a command, said with how its caller retries it: an
+    /// unknown outcome is retryable only for a command that carried its
+    /// caller's own key, and names the key the node gave a command sent
+    /// without one.
+    pub(crate) fn for_command(mut self, key: &CommandKey) -> Self {
+        if let CommandKey::Given(given) = key {
+            self.idempotency_key = Some(given.clone());
+        }
+        if self.code != "outcome_unknown" {
+            return self;
+        }
+        let what = std::mem::take(&mut self.detail);
+        match key {
+            CommandKey::ReservationId(id) => {
+                self.retryable = true;
+                self.detail = format!(
+                    "{what}. Send it again with the same reservation id `{id}`: that is safe, \
+                     and answers the first outcome if it took effect"
+                );
+            }
+            CommandKey::Caller(_) => {
+                self.retryable = true;
+                self.detail = format!(
+                    "{what}. Send it again with the same Idempotency-Key: that is safe, and \
+                     answers the first outcome if it took effect"
+                );
+            }
+            CommandKey::Given(given) => {
+                self.retryable = false;
+                self.detail = format!(
+                    "{what}. Sent again as it was, it could take effect twice; send it again \
+                     with the header `Idempotency-Key: {given}`, which answers the first \
+                     outcome if it took effect, or look for this request's id in the pool's \
+                     events"
+                );
+            }
+        }
+        self
+    }
+
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(within: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Request timeout",
+            format!("the body did not arrive within {} s", within.as_secs()),
         )
     }
 
@@ -180,6 +241,7 @@ impl ApiError {
             title: Cow::Owned(problem.title),
             detail: problem.detail,
             retryable: problem.retryable,
+            idempotency_key: None,
         }
     }
 }
@@ -193,13 +255,18 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             code: self.code,
             retryable: self.retryable,
+            idempotency_key: self.idempotency_key,
         };
+        let body_key = body.idempotency_key.clone();
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(key) = body_key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+            headers.insert(super::pools::IDEMPOTENCY_KEY, key);
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
         }
@@ -232,8 +299,11 @@ impl From<entity::Error> for ApiError {
             ),
             E::DeadlinePassed => Self::unavailable(
                 "deadline_passed",
-                "the command was not decided in time; retry with the same reservation id or \
-                 idempotency key, which never takes effect twice",
+                "the command was not decided before its deadline, and never will be; sending \
+                 it again is safe",
+            ),
+            E::OutcomeUnknown => Self::outcome_unknown(
+                "the command was decided, but whether it was recorded is not known",
             ),
             E::ShuttingDown => Self::unavailable("shutting_down", "this node is shutting down"),
             E::NotOwner(shard) => Self::unavailable(
@@ -279,6 +349,14 @@ impl From<sandbox::Error> for ApiError {
 
 impl From<journal::Error> for ApiError {
     fn from(error: journal::Error) -> Self {
+        if error.is_caused_by_input() {
+            tracing::info!("the database refused a value of a request: {error}");
+            return Self::bad_request(
+                "unstorable_value",
+                "the request holds a value the database cannot store (such as a NUL \
+                 character, or text over its size limits)",
+            );
+        }
         if error.is_retryable() {
             tracing::warn!("journal unavailable: {error}");
             return Self::unavailable(

@@ -148,7 +148,9 @@ pub struct ReadModelStatus {
 pub struct Grid {
     /// The pools, in id order.
     pub pools: Vec<GridPool>,
-    /// Pass as `after` for the next page; absent at the end.
+    /// Pass as `after` for the next page; absent at the end. A page may
+    /// hold fewer pools than asked for, even none, and still have a next:
+    /// one page looks at no more than 10,000 pools.
     pub next: Option<String>,
     /// How fresh the answer is.
     pub read_model: ReadModelStatus,

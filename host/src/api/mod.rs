@@ -299,9 +299,7 @@ where
         if !json_content {
             return Err(ApiError::unsupported_media_type());
         }
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(ApiError::from_bytes_rejection)?;
+        let bytes = read_body(request, state, BODY_TIMEOUT).await?;
         if bytes.windows(6).any(|w| w == b"\\u0000") {
             return Err(ApiError::bad_request(
                 "nul_character",
@@ -310,6 +308,22 @@ where
         }
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(Self(value))
+    }
+}
+
+/// How long a JSON body may take to arrive, once its head has: a client
+/// that sends a body a byte at a time is answered 408, not waited for.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a request's body, within the route's size limit and `within`.
+pub(crate) async fn read_body<S: Send + Sync>(
+    request: Request,
+    state: &S,
+    within: Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(within, axum::body::Bytes::from_request(request, state)).await {
+        Ok(read) => read.map_err(ApiError::from_bytes_rejection),
+        Err(_) => Err(ApiError::body_timeout(within)),
     }
 }
 
@@ -324,6 +338,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        no_nul(parts.uri.query().unwrap_or_default())?;
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
@@ -341,10 +356,27 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        no_nul(parts.uri.path())?;
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
+}
+
+/// Refuses a percent-encoded NUL in a path or query: no name or id may
+/// hold one, and PostgreSQL cannot store it.
+fn no_nul(raw: &str) -> Result<(), ApiError> {
+    if raw
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    {
+        return Err(ApiError::bad_request(
+            "nul_character",
+            "the path or query contains a NUL character (%00)",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a pool id from a path.

@@ -1,20 +1,34 @@
 //! The plugin registry, for operators: upload a component, list versions,
 //! activate one for its capacity type, roll back.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::OPERATING;
-use super::{ApiError, AppState, Body, Caller, Path, ProblemBody, Query};
+use super::auth::{Allowed, Operating};
+use super::{ApiError, AppState, Body, Path, ProblemBody, Query};
 use crate::entity::ShadowReport;
 use crate::registry::{Activation, Report, Version};
 
 /// Largest component taken, in bytes.
 pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Uploads read at once by one node process: what uploads can make it
+/// hold in memory is this many times [`UPLOAD_LIMIT`]. Uploads are rare
+/// and operators' own; one more waits for its turn at most
+/// [`UPLOAD_WAIT`], then is told to retry.
+const UPLOADS_AT_ONCE: usize = 2;
+
+/// How long an upload waits for one in progress to finish.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long an upload's body may take to arrive: 32 MiB at about 1 MB/s.
+const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Turns to read an upload's body.
+static UPLOADS: Semaphore = Semaphore::const_new(UPLOADS_AT_ONCE);
 
 /// Which versions to list, or what an upload must implement.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -78,10 +92,9 @@ pub struct Activated {
 )]
 pub async fn versions(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Operating>,
     Query(query): Query<TypeQuery>,
 ) -> Result<axum::Json<Vec<Version>>, ApiError> {
-    caller.require(OPERATING)?;
     let versions = state
         .registry
         .versions(query.capacity_type.as_deref())
@@ -105,18 +118,29 @@ pub async fn versions(
         (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Over 32 MiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a usable component (`invalid_plugin`), or of another capacity type (`capacity_type_mismatch`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now, or other uploads are being read (`uploads_busy`); retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn upload(
     State(state): State<AppState>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operating>,
     Query(query): Query<TypeQuery>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, axum::Json<Version>), ApiError> {
-    caller.require(OPERATING)?;
-    let bytes = body.map_err(ApiError::from_bytes_rejection)?;
+    // The caller's role was checked from the headers; only now, with a
+    // turn, is the body read.
+    let turn = tokio::time::timeout(UPLOAD_WAIT, UPLOADS.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                "uploads_busy",
+                format!("{UPLOADS_AT_ONCE} uploads are being read; retry shortly"),
+            )
+        })?
+        .expect("the upload semaphore is never closed");
+    let bytes = super::read_body(request, &(), UPLOAD_TIMEOUT).await?;
+    drop(turn);
     let (version, stored) = state
         .registry
         .upload(
@@ -158,11 +182,10 @@ pub async fn upload(
 )]
 pub async fn activate(
     State(state): State<AppState>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operating>,
     Path(capacity_type): Path<String>,
     Body(body): Body<ActivateBody>,
 ) -> Result<axum::Json<Activated>, ApiError> {
-    caller.require(OPERATING)?;
     let (activation, check) = state
         .registry
         .activate_checked(
@@ -201,11 +224,10 @@ pub async fn activate(
 )]
 pub async fn check(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Operating>,
     Path(capacity_type): Path<String>,
     Body(body): Body<CheckBody>,
 ) -> Result<axum::Json<Report>, ApiError> {
-    caller.require(OPERATING)?;
     let candidate = state
         .registry
         .candidate(&capacity_type, &body.digest)
@@ -240,10 +262,9 @@ pub async fn check(
 )]
 pub async fn rollback(
     State(state): State<AppState>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operating>,
     Path(capacity_type): Path<String>,
 ) -> Result<axum::Json<Activation>, ApiError> {
-    caller.require(OPERATING)?;
     let activation = state
         .registry
         .rollback(&capacity_type, &caller.actor())
@@ -284,11 +305,10 @@ pub struct ShadowBody {
 )]
 pub async fn start_shadow(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Operating>,
     Path(capacity_type): Path<String>,
     Body(body): Body<ShadowBody>,
 ) -> Result<axum::Json<ShadowReport>, ApiError> {
-    caller.require(OPERATING)?;
     let candidate = state
         .registry
         .candidate(&capacity_type, &body.digest)
@@ -313,10 +333,9 @@ pub async fn start_shadow(
 )]
 pub async fn shadow_report(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Operating>,
     Path(capacity_type): Path<String>,
 ) -> Result<axum::Json<ShadowReport>, ApiError> {
-    caller.require(OPERATING)?;
     state
         .runtime
         .shadow_report(&capacity_type)
@@ -340,10 +359,9 @@ pub async fn shadow_report(
 )]
 pub async fn stop_shadow(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Operating>,
     Path(capacity_type): Path<String>,
 ) -> Result<axum::Json<ShadowReport>, ApiError> {
-    caller.require(OPERATING)?;
     state
         .runtime
         .stop_shadow(&capacity_type)

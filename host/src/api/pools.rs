@@ -2,13 +2,13 @@
 //! commands, and read a pool consistently, its audit trail, and its past.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{ANYONE, PLANNING};
-use super::checkout::{Decided, decided, run};
+use super::auth::{ANYONE, Allowed, Planning};
+use super::checkout::{CommandKey, Decided, decided, run};
 use super::grid::CellOut;
 use super::route::caught_up;
 use super::{ApiError, AppState, Body, Caller, Meta, Path, ProblemBody, Query, client_id, pool_id};
@@ -149,11 +149,10 @@ pub struct StateQuery {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Planning>,
     meta: Meta,
     Body(body): Body<CreatePool>,
 ) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
-    caller.require(PLANNING)?;
     let pool = pool_id(&body.id)?;
     let create = || {
         state
@@ -233,7 +232,7 @@ pub async fn show(
     tag = "planning",
     params(
         ("pool" = String, Path, description = "The pool's id", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a command sent again with the same key answers its first outcome", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a command sent again with the same key answers its first outcome. Without one, the node gives the command a key and answers it in this header", pattern = "^[A-Za-z0-9._:/-]{1,128}$"),
     ),
     request_body = CommandBody,
     responses(
@@ -244,7 +243,8 @@ pub async fn show(
         (status = 404, description = "No such pool", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The rules refuse it; `code` is the capacity type's", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Unknown command or arguments for the type", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or out of time; retry with the same key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Not decided (overloaded, or out of time before it was decided); sending it again is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "Decided, but whether it was recorded is unknown (`outcome_unknown`): send it again with the same key (the one in `idempotency_key` if you sent none)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Body not sent as application/json", body = ProblemBody, content_type = "application/problem+json"),
         (status = 500, description = "A plugin fault or an internal error; the command took no effect", body = ProblemBody, content_type = "application/problem+json"),
@@ -253,17 +253,18 @@ pub async fn show(
 )]
 pub async fn command(
     State(state): State<AppState>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Planning>,
     meta: Meta,
     headers: HeaderMap,
     Path(pool): Path<String>,
     Body(body): Body<CommandBody>,
-) -> Result<axum::Json<Decided>, ApiError> {
-    caller.require(PLANNING)?;
+) -> Result<(HeaderMap, axum::Json<Decided>), ApiError> {
     let pool = pool_id(&pool)?;
+    // Every command is keyed: one sent without a key gets one, answered in
+    // the header, so that an unknown outcome can be resolved by a safe retry.
     let key = match headers.get(&IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => Some(client_id(value.to_str().map_err(|_| {
+        None => CommandKey::Given(format!("auto-{}", uuid::Uuid::new_v4())),
+        Some(value) => CommandKey::Caller(client_id(value.to_str().map_err(|_| {
             ApiError::bad_request("invalid_id", "the Idempotency-Key header is not ASCII")
         })?)?),
     };
@@ -278,8 +279,16 @@ pub async fn command(
         name: body.name,
         payload: body.payload,
     };
-    let outcome = run(&state, &caller, meta, &pool, command, key).await?;
-    Ok(axum::Json(decided(pool, outcome)?))
+    let outcome = run(&state, &caller, meta, &pool, command, &key).await?;
+    let decided = decided(pool, outcome).map_err(|e| e.for_command(&key))?;
+    let mut answer = HeaderMap::new();
+    if let CommandKey::Given(given) = &key {
+        answer.insert(
+            IDEMPOTENCY_KEY,
+            HeaderValue::from_str(given).expect("a generated key is a header value"),
+        );
+    }
+    Ok((answer, axum::Json(decided)))
 }
 
 /// Read a pool's history: every event, who caused it, when, and which plugin
@@ -301,11 +310,10 @@ pub async fn command(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Planning>,
     Path(pool): Path<String>,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventsPage>, ApiError> {
-    caller.require(PLANNING)?;
     let pool = pool_id(&pool)?;
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
@@ -347,12 +355,11 @@ pub async fn events(
 )]
 pub async fn state_at(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Allowed<Planning>,
     meta: Meta,
     Path(pool): Path<String>,
     Query(query): Query<StateQuery>,
 ) -> Result<axum::Json<PoolState>, ApiError> {
-    caller.require(PLANNING)?;
     let pool = pool_id(&pool)?;
     let point = match (query.seq, query.at) {
         (Some(seq), None) if seq >= 0 => Point::Seq(SeqNr(seq)),

@@ -6,15 +6,14 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::{ApiError, AppState, MAX_TIMEOUT};
 use crate::cluster::{Forward, Op, POSTCARD, Reply, Route, from_text, to_text};
-use crate::entity::{self, Outcome, Request};
+use crate::entity::{self, OUTCOME_GRACE, Outcome, Request};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal;
 use crate::metrics::{ForwardLabels, metrics};
@@ -61,11 +60,32 @@ pub(super) async fn view(
     }
 }
 
+/// Routes work to its pool. A command that may have reached an owner which
+/// did not answer is never answered "not decided" afterwards: if the
+/// deadline then passes, its outcome is unknown.
 async fn routed(
     state: &AppState,
     pool: &PoolId,
     deadline: Instant,
     work: Work,
+) -> Result<Done, ApiError> {
+    let command = matches!(work, Work::Execute(_));
+    let mut maybe_arrived = false;
+    let done = route_until_answered(state, pool, deadline, work, &mut maybe_arrived).await;
+    match done {
+        Err(error) if command && maybe_arrived && error.code() == "deadline_passed" => {
+            Err(entity::Error::OutcomeUnknown.into())
+        }
+        done => done,
+    }
+}
+
+async fn route_until_answered(
+    state: &AppState,
+    pool: &PoolId,
+    deadline: Instant,
+    work: Work,
+    maybe_arrived: &mut bool,
 ) -> Result<Done, ApiError> {
     let mut pause = Duration::from_millis(2);
     loop {
@@ -89,9 +109,10 @@ async fn routed(
                     },
                 };
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                // A little past the owner's own deadline, so that its answer
-                // (even "out of time") arrives.
-                let timeout = remaining + Duration::from_millis(250);
+                // A little past the longest the owner may take to answer a
+                // command it took in time, so that its answer (even "out of
+                // time") arrives.
+                let timeout = remaining + OUTCOME_GRACE + Duration::from_millis(250);
                 match state.cluster.forward(&owner, &forward, timeout).await {
                     Ok(Reply::NotOwner) => count("not_owner"),
                     Ok(reply) => {
@@ -100,6 +121,7 @@ async fn routed(
                     }
                     Err(failure) => {
                         count("failed");
+                        *maybe_arrived |= failure.sent;
                         let repeatable = match &work {
                             Work::Execute(request) => request.key().is_some(),
                             Work::View => true,
@@ -211,8 +233,9 @@ fn answer(reply: Reply) -> Result<Done, ApiError> {
 /// The internal route other nodes forward work to. It takes the cluster's
 /// secret, not a user's token, and never forwards further: a node that does
 /// not own the pool says so, and the sender looks again.
-pub async fn forwarded(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let secret = headers
+pub async fn forwarded(State(state): State<AppState>, request: HttpRequest) -> Response {
+    let secret = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
@@ -220,6 +243,11 @@ pub async fn forwarded(State(state): State<AppState>, headers: HeaderMap, body: 
         return ApiError::unauthenticated("forwarded work needs the cluster's secret")
             .into_response();
     }
+    // Read only once the secret is known good.
+    let body = match super::read_body(request, &(), super::BODY_TIMEOUT).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
     let forward: Forward = match postcard::from_bytes(&body) {
         Ok(forward) => forward,
         Err(error) => {

@@ -36,6 +36,11 @@ const TOKENS: &[(&str, Role, &str)] = &[
     ("dev-operator", Role::Operator, "dev-operator-token"),
 ];
 
+/// The dev setup's tokens, which `allot serve` refuses.
+pub(super) fn published_tokens() -> Vec<&'static str> {
+    TOKENS.iter().map(|(_, _, token)| *token).collect()
+}
+
 pub(super) async fn run(args: DevArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let plugins = tokio::task::spawn_blocking(|| build(BUNDLED)).await??;

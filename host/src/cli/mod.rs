@@ -115,6 +115,7 @@ async fn serve(config: Option<PathBuf>, baseline: bool) -> anyhow::Result<bool> 
         None => crate::node::Config::default(),
     }
     .with_env()?;
+    crate::api::Tokens::check_secret(&config.tokens, &dev::published_tokens())?;
     if baseline {
         crate::baseline::serve(config, shutdown_signal()).await?;
         return Ok(true);

@@ -14,6 +14,10 @@ mod runtime;
 mod shadow;
 mod task;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -37,10 +41,55 @@ pub struct Request {
     /// For type-specific commands: a key that makes retries safe. Reserve,
     /// release and confirm use their reservation id.
     pub idempotency_key: Option<String>,
-    /// When the caller stops waiting. A command still queued then is not
-    /// decided; one already being decided may still take effect, so a caller
-    /// who got [`Error::DeadlinePassed`] retries with the same key.
+    /// When the caller stops waiting for a command that is still queued:
+    /// one not taken for deciding by then is never decided. One taken
+    /// before is waited for until its outcome is known, at most
+    /// [`OUTCOME_GRACE`] longer.
     pub deadline: Instant,
+}
+
+/// How long past its deadline a caller waits for a command its entity took
+/// for deciding in time: the append of its batch, and after a failed
+/// append the look into the journal that tells whether it was written.
+/// Past this the outcome is [`Error::OutcomeUnknown`].
+pub const OUTCOME_GRACE: Duration = Duration::from_secs(5);
+
+/// Who settles a queued command's fate: the entity, by taking it to decide,
+/// or the caller, by withdrawing it at its deadline. Whichever comes first
+/// wins, so a caller told "not decided" can rely on it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ticket(Arc<AtomicU8>);
+
+impl Ticket {
+    const QUEUED: u8 = 0;
+    const TAKEN: u8 = 1;
+    const WITHDRAWN: u8 = 2;
+
+    /// The entity takes the command to decide it; false if it was withdrawn.
+    pub(crate) fn take(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::QUEUED,
+                Self::TAKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Withdraws the command unless it was taken: true if it will never be
+    /// decided.
+    pub(crate) fn withdraw(&self) -> bool {
+        match self.0.compare_exchange(
+            Self::QUEUED,
+            Self::WITHDRAWN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == Self::WITHDRAWN,
+        }
+    }
 }
 
 impl Request {
@@ -120,10 +169,16 @@ pub enum Error {
     /// The pool's mailbox is full.
     #[error("pool {0} is overloaded; retry shortly")]
     Overloaded(PoolId),
-    /// The deadline passed before an outcome was known. Retry with the same
-    /// idempotency key: the command may have taken effect.
-    #[error("the command's deadline passed before its outcome was known")]
+    /// The deadline passed before the command was taken for deciding: it
+    /// was not decided and never will be.
+    #[error("the command's deadline passed before it was decided")]
     DeadlinePassed,
+    /// The command was decided, but whether its events were written is not
+    /// known (the append's answer was lost, and the journal could not be
+    /// read to tell). Only a retry with the same key is safe: it answers
+    /// the first outcome if there was one.
+    #[error("the command was decided, but whether it was recorded is unknown")]
+    OutcomeUnknown,
     /// The pool cannot be rebuilt from its history.
     #[error("pool {pool} has failed: {reason}")]
     PoolFailed {

@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::shadow::{Shadow, ShadowReport};
 use super::task::{Envelope, run};
-use super::{Error, Outcome, Request, Result};
+use super::{Error, OUTCOME_GRACE, Outcome, Request, Result, Ticket};
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{self, Committer, Fence, Journal, PoolViewRow, SnapshotWriter, ViewWriter};
 use crate::metrics::{GaugePart, metrics};
@@ -324,11 +324,33 @@ impl Runtime {
 
     /// Decides a command on its pool and waits for the outcome, at most
     /// until the request's deadline.
+    ///
+    /// At the deadline a command still queued is withdrawn and answered
+    /// [`Error::DeadlinePassed`]: it is never decided. One the entity took
+    /// for deciding before then is waited for, at most [`OUTCOME_GRACE`]
+    /// longer, and then answered [`Error::OutcomeUnknown`]: a deadline never
+    /// turns a decided command into "not decided".
     pub async fn execute(&self, pool: &PoolId, request: Request) -> Result<Outcome> {
         let deadline = request.deadline;
-        let (reply, outcome) = oneshot::channel();
-        self.send(pool, Envelope::Command(request, reply))?;
-        wait(deadline, outcome).await
+        let ticket = Ticket::default();
+        let (reply, mut outcome) = oneshot::channel();
+        self.send(pool, Envelope::Command(request, ticket.clone(), reply))?;
+        let early = timeout_at(deadline, &mut outcome).await;
+        let late = match early {
+            Ok(answer) => answer,
+            Err(_) if ticket.withdraw() => return Err(Error::DeadlinePassed),
+            Err(_) => match timeout_at(deadline + OUTCOME_GRACE, outcome).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(Error::OutcomeUnknown),
+            },
+        };
+        match late {
+            Ok(result) => result,
+            // The entity stopped without answering: if it had taken the
+            // command, it may have written it.
+            Err(_) if ticket.withdraw() => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::OutcomeUnknown),
+        }
     }
 
     /// The pool's view, read through its entity: it includes every command

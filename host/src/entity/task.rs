@@ -10,7 +10,7 @@ use tokio::time::{Instant, timeout};
 use super::remembered::{Fingerprint, Remembered, Taken};
 use super::replay::{ReplayError, Replayed, replay};
 use super::runtime::Inner;
-use super::{Error, Outcome, Request, Result};
+use super::{Error, Outcome, Request, Result, Ticket};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::shadow::Shadow;
@@ -22,7 +22,7 @@ use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
 
 pub(super) enum Envelope {
-    Command(Request, oneshot::Sender<Result<Outcome>>),
+    Command(Request, Ticket, oneshot::Sender<Result<Outcome>>),
     View(oneshot::Sender<Result<(SeqNr, View)>>),
     /// For pools of this capacity type: answered once the entity runs the
     /// type's active version, or with why it does not.
@@ -119,24 +119,34 @@ pub(super) async fn run(
         // A pool whose instance could not be rebuilt after a plugin fault is
         // rebuilt from the journal; only a history that cannot be replayed
         // marks it failed for good.
-        let rebuild = match &outcome {
+        let (why, unsettled) = match outcome {
             // Another node holds the shard now: this copy of the pool must
             // not live on. What is queued goes back to be routed anew.
-            Err(journal::Error::Fenced { shard, .. }) => {
-                let error = Error::NotOwner(*shard);
-                return refuse_all(&runtime, &pool, generation, inbox, error).await;
+            Err(unsettled) if unsettled.is_fenced() => {
+                let shard = unsettled.shard();
+                unsettled.not_written();
+                return refuse_all(&runtime, &pool, generation, inbox, Error::NotOwner(shard))
+                    .await;
             }
-            Err(error) => Some(format!("append failed: {error}")),
-            Ok(()) if entity.live.is_failed() => Some("its instance failed".to_owned()),
-            Ok(()) => None,
+            Err(unsettled) => (
+                format!("append failed: {}", unsettled.error),
+                Some(unsettled),
+            ),
+            Ok(()) if entity.live.is_failed() => ("its instance failed".to_owned(), None),
+            Ok(()) => continue,
         };
-        if let Some(why) = rebuild {
-            tracing::warn!("{why}; rebuilding from the journal");
-            entity = match Entity::recover(&runtime, &pool, fence).await {
-                Ok(entity) => entity,
-                Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
-            };
+        tracing::warn!("{why}; rebuilding from the journal");
+        let mut recovered = Entity::recover(&runtime, &pool, fence).await;
+        if let Some(unsettled) = unsettled {
+            match &mut recovered {
+                Ok(recovered) => unsettled.settle(&runtime, recovered).await,
+                Err(_) => unsettled.unknown(),
+            }
         }
+        entity = match recovered {
+            Ok(entity) => entity,
+            Err(error) => return refuse_all(&runtime, &pool, generation, inbox, error).await,
+        };
     }
     entity.passivate(&runtime).await;
 }
@@ -159,7 +169,7 @@ async fn refuse_all(
     loop {
         while let Ok(envelope) = inbox.try_recv() {
             match envelope {
-                Envelope::Command(_, reply) => drop(reply.send(Err(same_error(&error)))),
+                Envelope::Command(_, _, reply) => drop(reply.send(Err(same_error(&error)))),
                 Envelope::View(reply) => drop(reply.send(Err(same_error(&error)))),
                 // Not live, so nothing to move: it starts in the active
                 // version whenever it can start.
@@ -323,13 +333,10 @@ impl Entity {
     }
 
     /// Decides a batch on the evolving state, appends it in one transaction,
-    /// then answers. An `Err` means the append failed: every command of the
-    /// batch has been told to retry and the entity must be rebuilt.
-    async fn process(
-        &mut self,
-        runtime: &Inner,
-        batch: Vec<Envelope>,
-    ) -> Result<(), crate::journal::Error> {
+    /// then answers. An `Err` means the append failed: the batch's callers
+    /// are answered once the journal tells whether it was written (see
+    /// [`Unsettled`]), and the entity must be rebuilt.
+    async fn process(&mut self, runtime: &Inner, batch: Vec<Envelope>) -> Result<(), Unsettled> {
         let now = Instant::now();
         let mut events: Vec<NewEvent> = Vec::new();
         // The latest outcome of each keyed command of the batch, with the
@@ -353,12 +360,18 @@ impl Entity {
                     let _ = reply.send(self.moved(runtime, &capacity_type));
                     continue;
                 }
-                Envelope::Command(request, reply) => (request, reply),
+                Envelope::Command(request, ticket, reply) => {
+                    // Past its deadline, or withdrawn by its caller at the
+                    // deadline: never decided. Taken, it is decided and its
+                    // caller waits for the outcome.
+                    if request.deadline <= now || !ticket.take() {
+                        ticket.withdraw();
+                        let _ = reply.send(Err(Error::DeadlinePassed));
+                        continue;
+                    }
+                    (request, reply)
+                }
             };
-            if request.deadline <= now {
-                let _ = reply.send(Err(Error::DeadlinePassed));
-                continue;
-            }
             let key = request.key().map(|key| {
                 let print = Fingerprint::of(&key);
                 (key, print)
@@ -470,14 +483,13 @@ impl Entity {
                         }
                     }
                 }
-                Err(error) => {
-                    for (reply, _) in answers {
-                        let _ = reply.send(Err(Error::Journal(error.duplicate())));
-                    }
-                    for reply in views {
-                        let _ = reply.send(Err(Error::Journal(error.duplicate())));
-                    }
-                    return Err(error);
+                Err(failed) => {
+                    return Err(Unsettled {
+                        error: failed.error,
+                        batch: failed.batch,
+                        answers,
+                        views,
+                    });
                 }
             }
             self.outcomes.expire();
@@ -637,6 +649,112 @@ impl Entity {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A batch whose append failed. Its commands were decided, so whether
+/// they took effect is what the journal says, not what the error says: a
+/// commit whose answer was lost may have been written. The callers are
+/// answered once the entity has been rebuilt from the journal: with their
+/// outcomes if the batch is there, with a retryable error if it is not,
+/// and with [`Error::OutcomeUnknown`] if the journal cannot tell.
+struct Unsettled {
+    error: journal::Error,
+    batch: Option<journal::Append>,
+    answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)>,
+    views: Vec<oneshot::Sender<Result<(SeqNr, View)>>>,
+}
+
+impl Unsettled {
+    /// Refused under a lease another node holds now: certainly not written.
+    fn is_fenced(&self) -> bool {
+        matches!(self.error, journal::Error::Fenced { .. })
+    }
+
+    fn shard(&self) -> u32 {
+        match self.error {
+            journal::Error::Fenced { shard, .. } => shard,
+            _ => unreachable!("only asked of a fenced append"),
+        }
+    }
+
+    /// Errors that say for certain that nothing was written.
+    fn certainly_not_written(&self) -> bool {
+        matches!(
+            self.error,
+            journal::Error::Fenced { .. }
+                | journal::Error::Conflict { .. }
+                | journal::Error::UnknownPool(_)
+        )
+    }
+
+    /// Answers with the batch's outcomes if `recovered` (the pool rebuilt
+    /// from the journal just after the failure) holds its events.
+    async fn settle(self, runtime: &Inner, recovered: &mut Entity) {
+        let written = match &self.batch {
+            _ if self.certainly_not_written() => Ok(false),
+            None => Err("the batch was lost with its writer".to_owned()),
+            Some(batch) if recovered.seq < batch.end() => Ok(false),
+            Some(batch) => runtime
+                .journal
+                .holds(batch)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(false) => self.not_written(),
+            Ok(true) => {
+                tracing::info!(
+                    seq_nr = recovered.seq.0,
+                    "the failed append was written after all; its outcomes are answered"
+                );
+                if let Ok(view) = recovered.live.view() {
+                    runtime.publish_view(
+                        &recovered.id,
+                        &recovered.capacity_type,
+                        recovered.seq,
+                        view,
+                    );
+                }
+                for (reply, outcome) in self.answers {
+                    let _ = reply.send(Ok(outcome));
+                }
+                for reply in self.views {
+                    let _ = reply.send(Err(Error::Journal(self.error.duplicate())));
+                }
+            }
+            Err(why) => {
+                tracing::warn!("whether the failed append was written is unknown: {why}");
+                self.unknown();
+            }
+        }
+    }
+
+    /// Nothing was written: every caller may retry.
+    fn not_written(self) {
+        for (reply, _) in self.answers {
+            let _ = reply.send(Err(Error::Journal(self.error.duplicate())));
+        }
+        for reply in self.views {
+            let _ = reply.send(Err(Error::Journal(self.error.duplicate())));
+        }
+    }
+
+    /// The journal cannot tell: commands that took effect, if written, have
+    /// an unknown outcome; refusals changed nothing either way.
+    fn unknown(self) {
+        if self.certainly_not_written() {
+            return self.not_written();
+        }
+        for (reply, outcome) in self.answers {
+            let _ = reply.send(Err(match outcome {
+                Outcome::Accepted { .. } => Error::OutcomeUnknown,
+                _ => Error::Journal(self.error.duplicate()),
+            }));
+        }
+        for reply in self.views {
+            let _ = reply.send(Err(Error::Journal(self.error.duplicate())));
         }
     }
 }

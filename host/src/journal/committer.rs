@@ -21,10 +21,21 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Append, HeldConnection, Journal, Result};
+use super::{Append, Error, HeldConnection, Journal};
 use crate::ids::SeqNr;
 
-type Job = (Append, oneshot::Sender<Result<SeqNr>>);
+type Job = (Append, oneshot::Sender<Result<SeqNr, Failed>>);
+
+/// An append that failed, with its batch when the committer still had it,
+/// so that its writer can look in the journal for it: a failed append may
+/// have been written all the same (its commit's answer was lost).
+#[derive(Debug)]
+pub struct Failed {
+    /// Why.
+    pub error: Error,
+    /// The batch, unless it was lost with a writer that stopped.
+    pub batch: Option<Append>,
+}
 
 /// The batches of one transaction, with the connection to write them on
 /// when the writer has none of its own.
@@ -62,14 +73,22 @@ impl Committer {
     }
 
     /// Appends a batch, in a transaction shared with whatever else is waiting.
-    pub async fn append(&self, batch: Append) -> Result<SeqNr> {
+    pub async fn append(&self, batch: Append) -> Result<SeqNr, Failed> {
         let (reply, result) = oneshot::channel();
-        let closed = || super::Error::Database(sqlx::Error::PoolClosed);
-        self.queue
-            .send((batch, reply))
-            .await
-            .map_err(|_| closed())?;
-        result.await.map_err(|_| closed())?
+        let closed = || Error::Database(sqlx::Error::PoolClosed);
+        if let Err(returned) = self.queue.send((batch, reply)).await {
+            let (batch, _) = returned.0;
+            return Err(Failed {
+                error: closed(),
+                batch: Some(batch),
+            });
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(Failed {
+                error: closed(),
+                batch: None,
+            })
+        })
     }
 }
 
@@ -249,8 +268,11 @@ async fn write(
             .append_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.group_size.observe(batches.len() as f64);
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+        for ((reply, result), batch) in replies.into_iter().zip(results).zip(batches) {
+            let _ = reply.send(result.map_err(|error| Failed {
+                error,
+                batch: Some(batch),
+            }));
         }
     }
 }

@@ -34,7 +34,7 @@ mod committer;
 mod snapshots;
 mod views;
 
-pub use committer::Committer;
+pub use committer::{Committer, Failed};
 pub use snapshots::SnapshotWriter;
 pub use views::ViewWriter;
 
@@ -98,10 +98,24 @@ impl Error {
 
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Conflict { .. } | Error::Fenced { .. } | Error::Database(_)
-        )
+        match self {
+            Error::Conflict { .. } | Error::Fenced { .. } => true,
+            Error::Database(_) => !self.is_caused_by_input(),
+            _ => false,
+        }
+    }
+
+    /// Whether PostgreSQL refused a value it was given rather than failed:
+    /// a data exception (SQLSTATE class 22, such as a NUL character in
+    /// text) or a value over one of its limits (class 54). The same input
+    /// fails the same way every time, so it is the caller's to change.
+    pub fn is_caused_by_input(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(error)) => error
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
     }
 }
 
@@ -304,6 +318,61 @@ pub struct StoredSnapshot {
     pub plugin_digest: String,
 }
 
+/// How often a node that waits for another's migrations looks again.
+const MIGRATION_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Brings the schema up to date, or waits while another node does.
+///
+/// The nodes take turns by the advisory lock sqlx's migrator uses (so that
+/// builds that let sqlx take it agree), but ask for it without waiting
+/// inside the statement, and ask again after a pause. A session waiting
+/// in `pg_advisory_lock` is a transaction that a `CREATE INDEX
+/// CONCURRENTLY` of the node holding the lock must wait for: PostgreSQL
+/// then finds a deadlock and fails one of the nodes that started together.
+pub async fn migrate(db: &PgPool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("../migrations");
+    // During a rolling upgrade the first node of the newer build applies
+    // its migrations, and a node of this build that starts afterwards
+    // finds some it does not know. Each migration keeps the build before
+    // it working, so it starts all the same.
+    migrator.set_ignore_missing(true);
+    migrator.set_locking(false);
+    let mut conn = db.acquire().await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let key = migration_lock(&database);
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if taken {
+            break;
+        }
+        tracing::debug!("another node is migrating the database; waiting");
+        tokio::time::sleep(MIGRATION_POLL).await;
+    }
+    // On connections of the pool: the lock is this session's, whichever
+    // connection the migrations run on.
+    let ran = migrator.run(db).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // Closing the session lets go of its locks.
+        conn.close_on_drop();
+    }
+    Ok(ran?)
+}
+
+/// The key of the advisory lock sqlx's migrator takes for a database.
+fn migration_lock(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
 /// The journal. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
@@ -334,13 +403,7 @@ impl Journal {
                     .options([("plan_cache_mode", "force_generic_plan")]),
             )
             .await?;
-        let mut migrator = sqlx::migrate!("../migrations");
-        // During a rolling upgrade the first node of the newer build applies
-        // its migrations, and a node of this build that starts afterwards
-        // finds some it does not know. Each migration keeps the build
-        // before it working, so it starts all the same.
-        migrator.set_ignore_missing(true);
-        migrator.run(&db).await?;
+        migrate(&db).await?;
         Ok(Self {
             db,
             plugin_keys: Arc::default(),
@@ -851,6 +914,32 @@ impl Journal {
                 })
             })
             .collect()
+    }
+
+    /// Whether the journal holds `batch`: its events at the seqs it
+    /// expected, from the same requests, as written. Tells a writer whose
+    /// append failed (its commit's answer lost, say) whether it was
+    /// written after all. A batch without events is never held.
+    pub async fn holds(&self, batch: &Append) -> Result<bool> {
+        if batch.events.is_empty() {
+            return Ok(false);
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT payload::text, request_id FROM events
+             WHERE pool_id = $1 AND seq_nr > $2 AND seq_nr <= $3 ORDER BY seq_nr",
+        )
+        .bind(batch.pool.as_str())
+        .bind(batch.expected.0)
+        .bind(batch.end().0)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.len() == batch.events.len()
+            && rows
+                .iter()
+                .zip(&batch.events)
+                .all(|((payload, request), event)| {
+                    payload == event.payload.get() && *request == event.request_id
+                }))
     }
 
     /// The seq of the last event appended at or before `at` (0 if none).

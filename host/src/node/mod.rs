@@ -20,6 +20,10 @@ use crate::registry::{self, Registry};
 use crate::sandbox::{self, Engine, Limits};
 use crate::view::{self, ReadModel};
 
+mod http;
+
+pub use http::HttpLimits;
+
 /// The database an embedded PostgreSQL serves Allot from.
 const EMBEDDED_DATABASE: &str = "allot";
 
@@ -62,6 +66,9 @@ pub struct Config {
     /// How this node takes part in a cluster.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// What the HTTP server allows a client.
+    #[serde(default)]
+    pub http: HttpLimits,
 }
 
 /// The `[cluster]` section. A node alone is a cluster of one; several
@@ -145,6 +152,17 @@ impl ClusterConfig {
             Some(_) => {
                 return Err(wrong(
                     "the cluster secret must be at least 16 characters".to_owned(),
+                ));
+            }
+            // Named or given an address for others to reach it at, the node
+            // is meant to be one of several, which could never forward to
+            // it without the secret they share.
+            None if self.node_id.is_some() || self.advertise_url.is_some() => {
+                return Err(wrong(
+                    "a node with a node_id or advertise_url is one of a cluster: set the \
+                     cluster's secret (`secret` in [cluster], or ALLOT_CLUSTER_SECRET), the \
+                     same on every node"
+                        .to_owned(),
                 ));
             }
             // Alone, nobody forwards to this node; a random secret keeps
@@ -250,6 +268,7 @@ impl Default for Config {
             entities: EntityConfig::default(),
             drain_seconds: 0,
             cluster: ClusterConfig::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -277,7 +296,7 @@ impl Config {
     }
 
     /// Applies the environment: `ALLOT_LISTEN`, `ALLOT_DATABASE_URL`,
-    /// `ALLOT_TOKENS` (`name=role:token,…`, added to the file's tokens),
+    /// `ALLOT_TOKENS` (`name=role:token,…`, instead of the file's tokens),
     /// `ALLOT_NODE_ID`, `ALLOT_ADVERTISE_URL` and `ALLOT_CLUSTER_SECRET`.
     pub fn with_env(mut self) -> Result<Self> {
         if let Ok(listen) = std::env::var("ALLOT_LISTEN") {
@@ -292,8 +311,12 @@ impl Config {
         {
             self.database_url = Some(url);
         }
-        if let Ok(tokens) = std::env::var("ALLOT_TOKENS") {
-            self.tokens.extend(Tokens::parse_list(&tokens)?);
+        // Instead of the file's tokens, so that a file's tokens (the
+        // example's, say) can be replaced without editing it.
+        if let Ok(tokens) = std::env::var("ALLOT_TOKENS")
+            && !tokens.trim().is_empty()
+        {
+            self.tokens = Tokens::parse_list(&tokens)?;
         }
         if let Ok(node_id) = std::env::var("ALLOT_NODE_ID") {
             self.cluster.node_id = Some(node_id);
@@ -392,7 +415,7 @@ pub struct Node {
     follower: JoinHandle<()>,
     drain: std::time::Duration,
     state: AppState,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     stop: oneshot::Sender<()>,
     /// Dropped last: the database outlives everything that uses it.
     postgres: Option<EmbeddedPostgres>,
@@ -448,12 +471,12 @@ impl Node {
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = api::router(state.clone());
+        let http_limits = config.http;
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
+            http::serve(listener, app, http_limits, async {
+                let _ = stopped.await;
+            })
+            .await
         });
         tracing::info!(%addr, "node is up");
         Ok(Self {
@@ -517,10 +540,8 @@ impl Node {
             tokio::time::sleep(self.drain).await;
         }
         let _ = self.stop.send(());
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!("the API server failed: {error}"),
-            Err(error) => tracing::warn!("the API server task failed: {error}"),
+        if let Err(error) = self.server.await {
+            tracing::warn!("the API server task failed: {error}");
         }
         self.follower.abort();
         self.state.cluster.clone().stop().await;

@@ -47,6 +47,10 @@ const POLL_OVERLAP: Duration = Duration::from_secs(10);
 /// How long a notification waits before its row is read.
 const FETCH_DELAY: Duration = Duration::from_millis(2);
 
+/// Most pools a page of the grid looks at while it holds the read lock
+/// (or four times its size, if more); a page that reaches it ends short.
+const SCAN_BUDGET: usize = 10_000;
+
 /// How long views that came while the map was read-locked wait before
 /// another try, once a first try right after the readers' turn failed.
 const PUT_RETRY: Duration = Duration::from_millis(1);
@@ -136,7 +140,9 @@ pub enum Kept {
 pub struct Page<'a> {
     /// The pools, by id, each with the cells the filter keeps.
     pub pools: Vec<(&'a Arc<PoolView>, Kept)>,
-    /// Where the next page starts, if there may be one.
+    /// Where the next page starts, if there may be one. A page can be
+    /// short, or even empty, and still have a next one: it ends after
+    /// [`SCAN_BUDGET`] pools looked at.
     pub next: Option<&'a PoolId>,
 }
 
@@ -157,7 +163,40 @@ pub struct ReadModel {
     shared: Arc<Shared>,
 }
 
-type Pools = BTreeMap<PoolId, Arc<PoolView>>;
+/// Every pool's view by id, and again by capacity type, so that a page
+/// of one type reads only that type's pools: a filter on a type with few
+/// pools (or none) costs a page, not a walk over every pool under the lock.
+#[derive(Default)]
+struct Pools {
+    all: BTreeMap<PoolId, Arc<PoolView>>,
+    by_type: HashMap<String, BTreeMap<PoolId, Arc<PoolView>>>,
+}
+
+impl Pools {
+    fn get(&self, id: &PoolId) -> Option<&Arc<PoolView>> {
+        self.all.get(id)
+    }
+
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    fn insert(&mut self, view: Arc<PoolView>) {
+        self.by_type
+            .entry(view.capacity_type.clone())
+            .or_default()
+            .insert(view.pool.clone(), view.clone());
+        self.all.insert(view.pool.clone(), view);
+    }
+
+    /// The pools a filter can match at all.
+    fn of(&self, filter: &Filter) -> Option<&BTreeMap<PoolId, Arc<PoolView>>> {
+        match &filter.capacity_type {
+            None => Some(&self.all),
+            Some(capacity_type) => self.by_type.get(capacity_type),
+        }
+    }
+}
 
 struct Shared {
     pools: RwLock<Pools>,
@@ -216,9 +255,7 @@ impl Shared {
 fn keep_newer(pools: &mut Pools, view: Arc<PoolView>) {
     match pools.get(&view.pool) {
         Some(current) if current.seq_nr >= view.seq_nr => {}
-        _ => {
-            pools.insert(view.pool.clone(), view);
-        }
+        _ => pools.insert(view),
     }
 }
 
@@ -336,7 +373,21 @@ impl ReadModel {
             pools: Vec::new(),
             next: None,
         };
-        for (id, pool) in pools.range::<PoolId, _>((start, Bound::Unbounded)) {
+        let Some(candidates) = pools.of(filter) else {
+            return read(page);
+        };
+        // A time range can leave pool after pool without a cell: the walk
+        // stops after this many pools looked at, and the page ends there,
+        // short, with where to go on from.
+        let mut budget = SCAN_BUDGET.max(filter.limit * 4);
+        let mut looked_at = None;
+        for (id, pool) in candidates.range::<PoolId, _>((start, Bound::Unbounded)) {
+            if budget == 0 {
+                page.next = looked_at;
+                break;
+            }
+            budget -= 1;
+            looked_at = Some(id);
             if !id.as_str().starts_with(prefix) {
                 // Ids sort by bytes, so past the prefix's range nothing matches.
                 if id.as_str() > prefix {
