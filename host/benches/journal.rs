@@ -158,6 +158,7 @@ impl Pools {
                         completes: Some(Completion {
                             key: format!("reserve:{id}"),
                             events: 1,
+                            request: None,
                         }),
                     }],
                     plugin: self.plugin.clone(),

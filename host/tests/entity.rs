@@ -388,7 +388,7 @@ async fn runtime_view(url: &str) -> String {
     serde_json::to_string(&view).unwrap()
 }
 
-/// A retried command returns its accepted outcome and changes nothing, also after a restart; a refused one is decided again.
+/// A retried command returns its accepted outcome and changes nothing, also after a restart; the same key with another request is refused; a refused one is decided again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_idempotent_across_restarts() {
     let url = common::database().await;
@@ -400,9 +400,15 @@ async fn retries_are_idempotent_across_restarts() {
     runtime.shutdown().await;
 
     let runtime = runtime_without_snapshots(&url).await;
-    // Same id, other request: the first outcome stands and nothing changes.
-    let again = runtime.execute(&id, reserve("r1", 1)).await.unwrap();
+    // The same request again: the first outcome, and nothing changes.
+    let again = runtime.execute(&id, reserve("r1", 2)).await.unwrap();
     assert_eq!(same(&again), same(&first));
+    // Same id, another request: refused, as it is not a retry.
+    let other = runtime.execute(&id, reserve("r1", 1)).await.unwrap_err();
+    assert!(
+        matches!(other, allot_host::entity::Error::KeyReused),
+        "{other}"
+    );
     runtime
         .execute(&id, request(Command::Release { id: "r1".into() }))
         .await

@@ -438,3 +438,86 @@ async fn values_the_database_refuses_are_not_retryable() {
     assert!(!lost.is_caused_by_input());
     assert!(lost.is_retryable());
 }
+
+/// A reservation id or idempotency key that took effect, sent again with
+/// another request, is refused (422); the same request, even written in
+/// other bytes, is a retry and answers the first outcome; and the node
+/// still tells them apart after a restart, from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_request_is_refused() {
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), EntityConfig::default()).await;
+    let planner = Api::new(&node, Some(PLANNER));
+    planner
+        .create("keys", "quota", json!({ "name": "keys", "units": 10 }))
+        .await
+        .ok(201);
+    let first = planner
+        .reserve("keys", "order-1", json!({ "units": 1 }))
+        .await
+        .ok(201)
+        .clone();
+    check_keys(&planner, &first).await;
+    node.stop().await;
+    let node = node_with(Some(url), EntityConfig::default()).await;
+    check_keys(&Api::new(&node, Some(PLANNER)), &first).await;
+    let state = Api::new(&node, Some(PLANNER)).get("/v1/pools/keys").await;
+    assert_eq!(state.ok(200)["cells"][0]["capacity"], 20, "{}", state.body);
+    node.stop().await;
+}
+
+/// The same reservation, sent in other bytes, answers `first`; another
+/// request under its id, or under the planner's key, is refused.
+async fn check_keys(planner: &Api, first: &Value) {
+    let same_in_other_bytes = r#"{ "request" : { "units" : 1 }, "id" : "order-1" }"#;
+    let again = planner
+        .raw(
+            Method::POST,
+            "/v1/pools/keys/reservations",
+            Some(same_in_other_bytes.into()),
+            &[],
+        )
+        .await;
+    assert_eq!(again.ok(201), first);
+    let other = planner
+        .reserve("keys", "order-1", json!({ "units": 2 }))
+        .await;
+    other.problem(422, "idempotency_key_reused");
+    assert_eq!(other.body["retryable"], false);
+    let key = [("idempotency-key", "shift-1")];
+    command(planner, "keys", set_units(20), &key).await.ok(200);
+    command(planner, "keys", set_units(30), &key)
+        .await
+        .problem(422, "idempotency_key_reused");
+}
+
+/// A refusal's message, which can echo what the caller sent, is kept cut
+/// to a kilobyte however long the caller made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_recorded_cut_to_size() {
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), EntityConfig::default()).await;
+    let planner = Api::new(&node, Some(PLANNER));
+    planner
+        .create("echo", "quota", json!({ "name": "echo", "units": 1 }))
+        .await
+        .ok(201);
+    let long_name = "x".repeat(150 * 1024);
+    let reply = planner
+        .reserve(
+            "echo",
+            "order-1",
+            json!({ "units": 1, long_name.as_str(): 1 }),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", &reply.text[..200]);
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    let stored: i32 = sqlx::query_scalar(
+        "SELECT octet_length(outcome::text) FROM commands WHERE pool_id = 'echo'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(stored < 2048, "{stored} bytes stored");
+    node.stop().await;
+}

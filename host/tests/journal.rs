@@ -154,6 +154,8 @@ async fn batches_are_all_or_nothing() {
         key: "reserve:r1".into(),
         seq_nr: SeqNr(seq),
         outcome: raw(json!({ "ok": true })),
+        accepted: true,
+        request: None,
     };
     let mut batch = append(&id, 0, events(1));
     batch.commands = vec![record(1)];
@@ -462,6 +464,8 @@ async fn a_refusal_decided_behind_the_history_is_not_recorded() {
         key: "release:r1".into(),
         seq_nr: SeqNr(0),
         outcome: raw(json!({ "rejected": { "code": "unknown_reservation" } })),
+        accepted: false,
+        request: None,
     }];
     let error = journal.append(&stale).await.unwrap_err();
     assert!(matches!(error, Error::Conflict { .. }), "{error}");
@@ -493,6 +497,7 @@ async fn accepted_outcomes_are_their_events() {
     elsewhere.events[0].completes = Some(Completion {
         key: "reserve:one".into(),
         events: 1,
+        request: None,
     });
     journal.append(&elsewhere).await.unwrap();
 
@@ -500,15 +505,19 @@ async fn accepted_outcomes_are_their_events() {
     batch.events[0].completes = Some(Completion {
         key: "reserve:one".into(),
         events: 1,
+        request: None,
     });
     batch.events[2].completes = Some(Completion {
         key: "reserve:two".into(),
         events: 2,
+        request: None,
     });
     batch.commands = vec![CommandRecord {
         key: "reserve:refused".into(),
         seq_nr: SeqNr(3),
         outcome: raw(json!({ "rejected": { "code": "full" } })),
+        accepted: false,
+        request: None,
     }];
     journal.append(&batch).await.unwrap();
     // A retry of `reserve:one` long after, refused this time.
@@ -517,6 +526,8 @@ async fn accepted_outcomes_are_their_events() {
         key: "reserve:one".into(),
         seq_nr: SeqNr(3),
         outcome: raw(json!({ "rejected": { "code": "duplicate" } })),
+        accepted: false,
+        request: None,
     }];
     journal.append(&retry).await.unwrap();
 
@@ -603,7 +614,9 @@ async fn accepted_outcomes_are_their_events() {
     let accepted: Vec<(&str, SeqNr, u32)> = remembered
         .iter()
         .filter_map(|(key, kept)| match kept {
-            WindowedCommand::Accepted { seq_nr, events } => Some((key.as_str(), *seq_nr, *events)),
+            WindowedCommand::Accepted { seq_nr, events, .. } => {
+                Some((key.as_str(), *seq_nr, *events))
+            }
             WindowedCommand::Recorded { .. } => None,
         })
         .collect();
@@ -642,6 +655,7 @@ async fn an_invalid_outcome_index_is_built_again() {
         event.completes = Some(Completion {
             key: key.into(),
             events: 1,
+            request: None,
         });
     }
     journal.append(&batch).await.unwrap();
@@ -1221,4 +1235,59 @@ async fn nodes_starting_together_wait_for_one_migrator_without_deadlock() {
     .expect("both nodes are up within a minute");
     done.0.expect("the first node migrates");
     done.1.expect("the second node waits for it, then starts");
+}
+
+/// A recovery reads the recorded outcomes that took effect, never the
+/// refusals; outcomes older than the idempotency window are deleted a
+/// batch at a time.
+#[tokio::test]
+async fn refusals_are_not_recovered_and_old_outcomes_are_pruned() {
+    let (journal, id, url) = journal_with_pool("pruned").await;
+    let mut batch = append(&id, 0, Vec::new());
+    batch.commands = (0..5)
+        .map(|n| CommandRecord {
+            key: format!("reserve:r{n}"),
+            seq_nr: SeqNr(0),
+            outcome: raw(json!({ "rejected": { "code": "full" } })),
+            accepted: false,
+            request: Some([n; 16]),
+        })
+        .collect();
+    batch.commands.push(CommandRecord {
+        key: "custom:noop:k".into(),
+        seq_nr: SeqNr(0),
+        outcome: raw(json!({ "accepted": { "seq_nr": 0, "events": [] } })),
+        accepted: true,
+        request: Some([7; 16]),
+    });
+    journal.append(&batch).await.unwrap();
+    let window = std::time::Duration::from_secs(60);
+    let kept = journal.command_outcomes(&id, window).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, "custom:noop:k");
+    assert!(matches!(
+        kept[0].1,
+        WindowedCommand::Recorded {
+            request: Some([7, ..]),
+            ..
+        }
+    ));
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE commands SET recorded_at = now() - interval '2 minutes'
+          WHERE idempotency_key IN ('reserve:r0', 'reserve:r1', 'custom:noop:k')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(journal.prune_outcomes(window, 2).await.unwrap(), 2);
+    assert_eq!(journal.prune_outcomes(window, 2).await.unwrap(), 1);
+    assert_eq!(journal.prune_outcomes(window, 2).await.unwrap(), 0);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT idempotency_key FROM commands ORDER BY idempotency_key")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left, ["reserve:r2", "reserve:r3", "reserve:r4"]);
 }

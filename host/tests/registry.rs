@@ -821,3 +821,132 @@ async fn concurrent_activations_take_turns() {
     assert_eq!(active(versions.ok(200), "quota"), digests[0]);
     node.stop().await;
 }
+
+/// An activation whose client goes away half-way finishes all the same and
+/// lets go of the type's lock: the version is active, and the next
+/// activation is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_outlives_its_client() {
+    use sqlx::Connection;
+    let url = common::database().await;
+    let node = node_with(Some(url.clone()), Default::default()).await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let digest = upload(
+        &operator,
+        another_build(component("allot-plugin-template"), "left"),
+        None,
+    )
+    .await
+    .ok(201)["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The activation's record waits behind this lock, after the activation
+    // has taken the type's lock; meanwhile its client gives up.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE plugin_activations IN EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!(
+            "{}/v1/capacity-types/quota/activate",
+            operator.base
+        ))
+        .bearer_auth(OPERATOR)
+        .json(&json!({ "digest": digest }))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the activation answered while blocked");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    let mut lock_free = false;
+    for _ in 0..200 {
+        let free: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('allot:activation:quota'))")
+                .fetch_one(&mut holder)
+                .await
+                .unwrap();
+        if free {
+            sqlx::query("SELECT pg_advisory_unlock(hashtext('allot:activation:quota'))")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+            lock_free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lock_free, "the abandoned activation kept the type's lock");
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_eq!(active(versions.ok(200), "quota"), digest, "it finished");
+    node.stop().await;
+}
+
+/// A rollback goes through the replay check and the move of live pools: a
+/// previous version that cannot rebuild the pools' history is refused,
+/// and forced, it is undone when a live pool cannot move to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_checked_like_an_activation() {
+    let node = node().await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    let v1 = active(versions.ok(200), "quota");
+    let v2 = upload(&operator, component("allot-test-quota-v2"), Some("quota")).await;
+    let v2 = v2.ok(201)["digest"].as_str().unwrap().to_owned();
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": v2, "force": true }),
+        )
+        .await
+        .ok(200);
+    operator
+        .post("/v1/capacity-types/quota/activate", json!({ "digest": v1 }))
+        .await
+        .ok(200);
+    // History the previous version (v2) cannot replay.
+    operator
+        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    operator
+        .post(
+            "/v1/pools/q1/commands",
+            json!({ "name": "set_units", "payload": { "units": 9 } }),
+        )
+        .await
+        .ok(200);
+    operator
+        .send(Method::POST, "/v1/capacity-types/quota/rollback", None)
+        .await
+        .problem(409, "replay_check_failed");
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_eq!(active(versions.ok(200), "quota"), v1, "nothing changed");
+    // Forced past the check, it still cannot move the live pool: undone
+    // as a whole, never half-applied.
+    operator
+        .send(
+            Method::POST,
+            "/v1/capacity-types/quota/rollback?force=true",
+            None,
+        )
+        .await
+        .problem(409, "activation_rolled_back");
+    let versions = operator.get("/v1/plugins?capacity_type=quota").await;
+    assert_eq!(active(versions.ok(200), "quota"), v1);
+    operator
+        .reserve("q1", "r2", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    node.stop().await;
+}

@@ -306,6 +306,13 @@ impl From<entity::Error> for ApiError {
                 "the command was decided, but whether it was recorded is not known",
             ),
             E::ShuttingDown => Self::unavailable("shutting_down", "this node is shutting down"),
+            E::KeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Key reused",
+                "this reservation id or idempotency key was used for another request, which \
+                 took effect; a retry sends the same request, a new request a new key",
+            ),
             E::NotOwner(shard) => Self::unavailable(
                 "not_owner",
                 format!("shard {shard} is moving between nodes; retry shortly"),
@@ -408,6 +415,8 @@ impl From<crate::registry::Error> for ApiError {
                 "Activation rolled back",
                 error.to_string(),
             ),
+            E::Busy(_) => Self::unavailable("activation_in_progress", error.to_string()),
+            E::Stopped(_) => Self::internal(&error),
             E::Journal(error) => error.into(),
             E::Database(error) => journal::Error::Database(error).into(),
         }

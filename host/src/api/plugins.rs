@@ -245,18 +245,19 @@ pub async fn check(
     Ok(axum::Json(report))
 }
 
-/// Make active again the version that was active before the current one.
+/// Make active again the version that was active before the current one,
+/// after the same replay check as an activation, and move live pools to it.
 #[utoipa::path(
     post,
     path = "/v1/capacity-types/{capacity_type}/rollback",
     tag = "plugins",
-    params(("capacity_type" = String, Path, description = "The capacity type")),
+    params(("capacity_type" = String, Path, description = "The capacity type"), RollbackQuery),
     responses(
         (status = 200, description = "The previous version is active again", body = Activation),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "No earlier version (`no_previous_version`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Unavailable now; retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "No earlier version (`no_previous_version`), it cannot replay existing pools (`replay_check_failed`; `force=true` rolls back anyway), or a live pool could not move (`activation_rolled_back`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Unavailable now, or another activation of the type is in progress (`activation_in_progress`); retry (Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -264,13 +265,27 @@ pub async fn rollback(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<Operating>,
     Path(capacity_type): Path<String>,
+    Query(query): Query<RollbackQuery>,
 ) -> Result<axum::Json<Activation>, ApiError> {
-    let activation = state
+    let (activation, _check) = state
         .registry
-        .rollback(&capacity_type, &caller.actor())
+        .rollback(
+            &state.runtime,
+            &capacity_type,
+            &caller.actor(),
+            query.force.unwrap_or(false),
+        )
         .await?;
-    state.registry.sync(&state.runtime, &capacity_type).await?;
     Ok(axum::Json(activation))
+}
+
+/// How to roll back.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RollbackQuery {
+    /// Roll back even if the previous version cannot replay the history
+    /// of existing pools.
+    force: Option<bool>,
 }
 
 /// The version to shadow with.

@@ -101,6 +101,9 @@ pub(super) enum PluginsCommand {
     Rollback {
         /// The capacity type.
         capacity_type: String,
+        /// Roll back even if the previous version cannot replay existing pools.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -218,9 +221,13 @@ pub(super) async fn remote(command: PluginsCommand) -> anyhow::Result<bool> {
         }
         PluginsCommand::Rollback {
             capacity_type,
+            force,
             remote,
         } => {
-            let path = type_path(&capacity_type, "rollback");
+            let mut path = type_path(&capacity_type, "rollback");
+            if force {
+                path.push_str("?force=true");
+            }
             print(
                 Client::new(remote)
                     .call(Method::POST, &path, None, &[])

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::ids::{PoolId, SeqNr};
-use crate::journal;
+use crate::journal::{self, RequestPrint};
 use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
 pub use history::Point;
@@ -93,6 +93,45 @@ impl Ticket {
 }
 
 impl Request {
+    /// What the command asks for: the first 16 bytes of the SHA-256 of
+    /// its kind, name and arguments as canonical JSON (keys sorted, no
+    /// spaces), so that a retry that sends the same request in other
+    /// bytes is the same request.
+    pub fn print(&self) -> RequestPrint {
+        use sha2::{Digest as _, Sha256};
+        let mut text = Vec::new();
+        let arguments = match &self.command {
+            Command::Reserve { request, .. } => {
+                text.extend_from_slice(b"reserve\0");
+                Some(request)
+            }
+            Command::Release { .. } => {
+                text.extend_from_slice(b"release\0");
+                None
+            }
+            Command::Confirm { .. } => {
+                text.extend_from_slice(b"confirm\0");
+                None
+            }
+            Command::Custom { name, payload } => {
+                text.extend_from_slice(b"custom\0");
+                text.extend_from_slice(name.as_bytes());
+                text.push(0);
+                Some(payload)
+            }
+        };
+        if let Some(arguments) = arguments {
+            match serde_json::from_str::<serde_json::Value>(arguments.get()) {
+                Ok(value) => canonical(&value, &mut text),
+                Err(_) => text.extend_from_slice(arguments.get().as_bytes()),
+            }
+        }
+        let digest = Sha256::digest(&text);
+        let mut print = [0; 16];
+        print.copy_from_slice(&digest[..16]);
+        print
+    }
+
     /// The key under which the command's first outcome is kept.
     pub fn key(&self) -> Option<String> {
         match &self.command {
@@ -104,6 +143,38 @@ impl Request {
                 .as_ref()
                 .map(|k| format!("custom:{name}:{k}")),
         }
+    }
+}
+
+/// Writes `value` as JSON with every object's keys sorted.
+fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("writing to memory");
+                out.push(b':');
+                canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        other => serde_json::to_writer(&mut *out, other).expect("writing to memory"),
     }
 }
 
@@ -140,6 +211,35 @@ impl Outcome {
     /// again for a repeated key; a refused command is decided afresh.
     pub fn is_accepted(&self) -> bool {
         matches!(self, Outcome::Accepted { .. })
+    }
+
+    /// The outcome as recorded: a refusal's message cut to
+    /// [`journal::MAX_RECORDED_MESSAGE`] bytes.
+    fn recorded(&self) -> Self {
+        let cut = |problem: &Problem| {
+            let mut message = problem.message.clone();
+            if message.len() > journal::MAX_RECORDED_MESSAGE {
+                let mut end = journal::MAX_RECORDED_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push('…');
+            }
+            Problem {
+                code: problem.code.clone(),
+                message,
+            }
+        };
+        match self {
+            Outcome::Rejected { problem } => Outcome::Rejected {
+                problem: cut(problem),
+            },
+            Outcome::Invalid { problem } => Outcome::Invalid {
+                problem: cut(problem),
+            },
+            accepted => accepted.clone(),
+        }
     }
 
     fn decided(seq_nr: SeqNr, decision: sandbox::Decision) -> Self {
@@ -193,6 +293,10 @@ pub enum Error {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] journal::Error),
+    /// The key (reservation id or idempotency key) was used before for
+    /// another request that took effect: a retry must send the same one.
+    #[error("the key was used for another request")]
+    KeyReused,
     /// The runtime is shutting down.
     #[error("this node is shutting down")]
     ShuttingDown,

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::{Error, Outcome, Result};
 use crate::ids::{PoolId, SeqNr};
-use crate::journal::Journal;
+use crate::journal::{Journal, RequestPrint};
 
 /// Spans the window is kept in.
 const SPANS: u32 = 4;
@@ -43,29 +43,43 @@ impl Fingerprint {
     }
 }
 
-/// Where the events of a command that took effect are in its pool's history.
+/// Where the events of a command that took effect are in its pool's
+/// history, and what it asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Taken {
     /// The seq of its last event (the pool's seq after it, if it decided none).
     seq_nr: SeqNr,
     /// How many events it decided.
     events: u32,
+    /// What it asked for; unknown for commands an earlier build recorded.
+    request: Option<RequestPrint>,
 }
 
 impl Taken {
-    pub(super) fn new(seq_nr: SeqNr, events: u32) -> Self {
-        Self { seq_nr, events }
+    pub(super) fn new(seq_nr: SeqNr, events: u32, request: Option<RequestPrint>) -> Self {
+        Self {
+            seq_nr,
+            events,
+            request,
+        }
     }
 
     /// Where an accepted outcome's events are; `None` for any other outcome.
-    pub(super) fn of(outcome: &Outcome) -> Option<Self> {
+    pub(super) fn of(outcome: &Outcome, request: Option<RequestPrint>) -> Option<Self> {
         match outcome {
             Outcome::Accepted { seq_nr, events } => Some(Self::new(
                 *seq_nr,
                 u32::try_from(events.len()).expect("fewer than 2^32 events a command"),
+                request,
             )),
             _ => None,
         }
+    }
+
+    /// Whether a command asking for `request` is a retry of this one: the
+    /// same request, or one this build cannot compare with.
+    pub(super) fn is_retry_of(&self, request: RequestPrint) -> bool {
+        self.request.is_none_or(|first| first == request)
     }
 
     /// The outcome of command `key` again, its events read back from the
@@ -76,7 +90,7 @@ impl Taken {
         pool: &PoolId,
         key: &str,
     ) -> Result<Outcome> {
-        let Taken { seq_nr, events } = self;
+        let Taken { seq_nr, events, .. } = self;
         let events = match events {
             0 => Vec::new(),
             count => journal
@@ -161,7 +175,7 @@ mod tests {
     const SPAN: Duration = Duration::from_secs(900);
 
     fn taken(n: i64) -> Taken {
-        Taken::new(SeqNr(n), 1)
+        Taken::new(SeqNr(n), 1, None)
     }
 
     #[tokio::test(start_paused = true)]

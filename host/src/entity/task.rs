@@ -16,7 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::shadow::Shadow;
 use crate::ids::{PoolId, SeqNr};
 use crate::journal::{
-    self, Append, CommandRecord, Completion, Fence, NewEvent, PluginRef, WindowedCommand,
+    self, Append, CommandRecord, Completion, Fence, NewEvent, PluginRef, RequestPrint,
+    WindowedCommand,
 };
 use crate::metrics::{PluginLabels, metrics};
 use crate::sandbox::{self, Command, Context, Decision, Json, LivePool, Plugin, View};
@@ -276,12 +277,14 @@ impl Entity {
             .await?
             .into_iter()
             .filter_map(|(key, kept)| match kept {
-                WindowedCommand::Accepted { seq_nr, events } => {
-                    Some(Ok((key, Taken::new(seq_nr, events))))
-                }
-                WindowedCommand::Recorded { outcome } => {
+                WindowedCommand::Accepted {
+                    seq_nr,
+                    events,
+                    request,
+                } => Some(Ok((key, Taken::new(seq_nr, events, request)))),
+                WindowedCommand::Recorded { outcome, request } => {
                     match serde_json::from_str::<Outcome>(outcome.get()) {
-                        Ok(outcome) => Taken::of(&outcome).map(|taken| Ok((key, taken))),
+                        Ok(outcome) => Taken::of(&outcome, request).map(|taken| Ok((key, taken))),
                         Err(e) => Some(Err(fail(
                             id,
                             format!("the stored outcome of `{key}` is unreadable: {e}"),
@@ -340,8 +343,9 @@ impl Entity {
         let now = Instant::now();
         let mut events: Vec<NewEvent> = Vec::new();
         // The latest outcome of each keyed command of the batch, with the
-        // key's fingerprint, made once.
-        let mut fresh: HashMap<String, (SeqNr, Outcome, Fingerprint)> = HashMap::new();
+        // key's fingerprint, made once, and what the command asked for.
+        let mut fresh: HashMap<String, (SeqNr, Outcome, Fingerprint, RequestPrint)> =
+            HashMap::new();
         let mut answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)> =
             Vec::with_capacity(batch.len());
         let mut views = Vec::new();
@@ -374,18 +378,28 @@ impl Entity {
             };
             let key = request.key().map(|key| {
                 let print = Fingerprint::of(&key);
-                (key, print)
+                (key, print, request.print())
             });
             // Only what took effect is repeated; a refusal took none, so
             // deciding the command again is as safe as it is useful (the
-            // order that did not fit may fit now, or in another slot).
-            if let Some((k, print)) = &key {
-                if let Some((_, known, _)) = fresh.get(k).filter(|(_, o, _)| o.is_accepted()) {
-                    answers.push((reply, known.clone()));
+            // order that did not fit may fit now, or in another slot). A
+            // key that took effect for another request is refused: its
+            // outcome is not this request's.
+            if let Some((k, print, asked)) = &key {
+                if let Some((_, known, _, first)) =
+                    fresh.get(k).filter(|(_, o, _, _)| o.is_accepted())
+                {
+                    match first == asked {
+                        true => answers.push((reply, known.clone())),
+                        false => drop(reply.send(Err(Error::KeyReused))),
+                    }
                     continue;
                 }
                 if let Some(taken) = self.outcomes.get(*print) {
-                    repeats.push((reply, taken, k.clone()));
+                    match taken.is_retry_of(*asked) {
+                        true => repeats.push((reply, taken, k.clone())),
+                        false => drop(reply.send(Err(Error::KeyReused))),
+                    }
                     continue;
                 }
             }
@@ -416,8 +430,11 @@ impl Entity {
                 }));
             }
             let outcome = Outcome::decided(self.seq.after(events.len()), decision);
-            if let Some((key, print)) = key {
-                fresh.insert(key, (self.seq.after(events.len()), outcome.clone(), print));
+            if let Some((key, print, asked)) = key {
+                fresh.insert(
+                    key,
+                    (self.seq.after(events.len()), outcome.clone(), print, asked),
+                );
             }
             answers.push((reply, outcome));
         }
@@ -437,7 +454,7 @@ impl Entity {
         // carries its key. Only outcomes without events are records of
         // their own.
         let mut records: Vec<CommandRecord> = Vec::new();
-        for (key, (seq_nr, outcome, _)) in &fresh {
+        for (key, (seq_nr, outcome, _, asked)) in &fresh {
             match outcome {
                 Outcome::Accepted {
                     events: decided, ..
@@ -446,12 +463,16 @@ impl Entity {
                     events[last].completes = Some(Completion {
                         key: key.clone(),
                         events: decided.len() as u32,
+                        request: Some(*asked),
                     });
                 }
                 _ => records.push(CommandRecord {
                     key: key.clone(),
                     seq_nr: *seq_nr,
-                    outcome: serde_json::value::to_raw_value(outcome).expect("outcomes serialize"),
+                    outcome: serde_json::value::to_raw_value(&outcome.recorded())
+                        .expect("outcomes serialize"),
+                    accepted: outcome.is_accepted(),
+                    request: Some(*asked),
                 }),
             }
         }
@@ -493,8 +514,8 @@ impl Entity {
                 }
             }
             self.outcomes.expire();
-            for (_, outcome, print) in fresh.values() {
-                if let Some(taken) = Taken::of(outcome) {
+            for (_, outcome, print, asked) in fresh.values() {
+                if let Some(taken) = Taken::of(outcome, Some(*asked)) {
                     self.outcomes.insert(*print, taken);
                 }
             }
@@ -661,7 +682,7 @@ impl Entity {
 /// and with [`Error::OutcomeUnknown`] if the journal cannot tell.
 struct Unsettled {
     error: journal::Error,
-    batch: Option<journal::Append>,
+    batch: Option<Box<journal::Append>>,
     answers: Vec<(oneshot::Sender<Result<Outcome>>, Outcome)>,
     views: Vec<oneshot::Sender<Result<(SeqNr, View)>>>,
 }
@@ -679,13 +700,20 @@ impl Unsettled {
         }
     }
 
-    /// Errors that say for certain that nothing was written.
+    /// Errors that say for certain that nothing was written. An append is
+    /// one statement outside any transaction: PostgreSQL's error answer
+    /// to it means it was rolled back, and without a connection it was
+    /// never sent. A connection lost while waiting for the answer says
+    /// nothing.
     fn certainly_not_written(&self) -> bool {
         matches!(
             self.error,
             journal::Error::Fenced { .. }
                 | journal::Error::Conflict { .. }
                 | journal::Error::UnknownPool(_)
+                | journal::Error::Database(
+                    sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                )
         )
     }
 

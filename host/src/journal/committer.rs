@@ -34,7 +34,7 @@ pub struct Failed {
     /// Why.
     pub error: Error,
     /// The batch, unless it was lost with a writer that stopped.
-    pub batch: Option<Append>,
+    pub batch: Option<Box<Append>>,
 }
 
 /// The batches of one transaction, with the connection to write them on
@@ -80,7 +80,7 @@ impl Committer {
             let (batch, _) = returned.0;
             return Err(Failed {
                 error: closed(),
-                batch: Some(batch),
+                batch: Some(Box::new(batch)),
             });
         }
         result.await.unwrap_or_else(|_| {
@@ -271,7 +271,7 @@ async fn write(
         for ((reply, result), batch) in replies.into_iter().zip(results).zip(batches) {
             let _ = reply.send(result.map_err(|error| Failed {
                 error,
-                batch: Some(batch),
+                batch: Some(Box::new(batch)),
             }));
         }
     }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Postgres, Row};
 
 use crate::ids::{PoolId, SeqNr};
 use crate::sandbox::{Json, Snapshot};
@@ -92,6 +92,11 @@ impl Error {
                 shard: *shard,
                 epoch: *epoch,
             },
+            // No connection to be had: nothing was sent.
+            Error::Database(sqlx::Error::PoolTimedOut) => {
+                Error::Database(sqlx::Error::PoolTimedOut)
+            }
+            Error::Database(sqlx::Error::PoolClosed) => Error::Database(sqlx::Error::PoolClosed),
             other => Error::Database(sqlx::Error::Protocol(other.to_string())),
         }
     }
@@ -180,7 +185,19 @@ pub struct Completion {
     /// How many events the command decided: this one and those just
     /// before it.
     pub events: u32,
+    /// What the command asked for, to tell a retry from another request
+    /// under the same key.
+    pub request: Option<RequestPrint>,
 }
+
+/// The first 16 bytes of the SHA-256 of a command as decided: its kind,
+/// name and arguments (as canonical JSON).
+pub type RequestPrint = [u8; 16];
+
+/// Most bytes of a refusal's message kept with its recorded outcome: a
+/// plugin's message can echo what a caller sent (an unknown field's name,
+/// say), which must not make the journal keep whatever a caller sends.
+pub const MAX_RECORDED_MESSAGE: usize = 1024;
 
 /// The outcome of a keyed command that decided no events: a refusal, or
 /// an acceptance that changed nothing. (An accepted command's events
@@ -193,6 +210,11 @@ pub struct CommandRecord {
     pub seq_nr: SeqNr,
     /// The outcome, as JSON.
     pub outcome: Json,
+    /// Whether the command took effect (and is answered again to a retry)
+    /// rather than was refused (and is only told to who asks about it).
+    pub accepted: bool,
+    /// What the command asked for.
+    pub request: Option<RequestPrint>,
 }
 
 /// The outcome of a keyed command, as the journal keeps it.
@@ -227,11 +249,15 @@ pub enum WindowedCommand {
         seq_nr: SeqNr,
         /// How many events it decided.
         events: u32,
+        /// What it asked for, if recorded.
+        request: Option<RequestPrint>,
     },
     /// An outcome recorded as JSON, as in [`KeptOutcome::Recorded`].
     Recorded {
         /// The outcome.
         outcome: Json,
+        /// What it asked for, if recorded.
+        request: Option<RequestPrint>,
     },
 }
 
@@ -337,15 +363,18 @@ pub async fn migrate(db: &PgPool) -> Result<()> {
     // it working, so it starts all the same.
     migrator.set_ignore_missing(true);
     migrator.set_locking(false);
-    let mut conn = db.acquire().await?;
+    // A session of its own, beside the pool (which may have one
+    // connection): the lock is this session's while the migrations run on
+    // the pool's.
+    let mut conn = db.connect_options().connect().await?;
     let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await?;
     let key = migration_lock(&database);
     loop {
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?;
         if taken {
             break;
@@ -353,18 +382,17 @@ pub async fn migrate(db: &PgPool) -> Result<()> {
         tracing::debug!("another node is migrating the database; waiting");
         tokio::time::sleep(MIGRATION_POLL).await;
     }
-    // On connections of the pool: the lock is this session's, whichever
-    // connection the migrations run on.
     let ran = migrator.run(db).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *conn)
-        .await;
-    if unlocked.is_err() {
-        // Closing the session lets go of its locks.
-        conn.close_on_drop();
+    // Closing the session lets go of the lock.
+    if let Err(error) = conn.close().await {
+        tracing::debug!("closing the migration lock's session: {error}");
     }
     Ok(ran?)
+}
+
+/// A request print as stored; anything but 16 bytes is none.
+fn print_of(bytes: &[u8]) -> Option<RequestPrint> {
+    bytes.try_into().ok()
 }
 
 /// The key of the advisory lock sqlx's migrator takes for a database.
@@ -636,6 +664,9 @@ impl Journal {
             .bind(&commands.keys)
             .bind(&commands.seqs)
             .bind(&commands.outcomes)
+            .bind(&events.command_prints)
+            .bind(&commands.accepted)
+            .bind(&commands.requests)
             .fetch_all(&mut *conn)
             .await
             .map_err(|error| match first {
@@ -992,7 +1023,7 @@ impl Journal {
         keys: &[String],
     ) -> Result<HashMap<String, KeptOutcome>> {
         let mut kept: HashMap<String, KeptOutcome> = self
-            .recorded_outcomes(id, Recorded::Keys(keys))
+            .recorded_outcomes(id, keys)
             .await?
             .into_iter()
             .map(|(key, seq_nr, outcome)| (key, KeptOutcome::Recorded { seq_nr, outcome }))
@@ -1024,12 +1055,14 @@ impl Journal {
         id: &PoolId,
         within: std::time::Duration,
     ) -> Result<Vec<(String, WindowedCommand)>> {
-        let recorded = self.recorded_outcomes(id, Recorded::Within(within)).await?;
+        let recorded = self.taken_outcomes(id, within).await?;
         // Per pool, events are recorded in the order of their numbers: the
         // window is the history after the last event recorded before it,
         // which a backward scan of the pool's key finds.
-        let accepted: Vec<(String, i64, Option<i32>)> = sqlx::query_as(
-            "SELECT k.command_key, k.seq_nr, k.command_events FROM events k
+        // Key, seq, events of the command, request print.
+        type Completing = (String, i64, Option<i32>, Option<Vec<u8>>);
+        let accepted: Vec<Completing> = sqlx::query_as(
+            "SELECT k.command_key, k.seq_nr, k.command_events, k.command_print FROM events k
               WHERE k.pool_id = $1 AND k.command_key IS NOT NULL
                 AND k.seq_nr > COALESCE((SELECT max(o.seq_nr) FROM events o WHERE o.pool_id = $1
                       AND o.recorded_at <= now() - make_interval(secs => $2)), 0)
@@ -1039,11 +1072,8 @@ impl Journal {
         .bind(within.as_secs_f64())
         .fetch_all(&self.db)
         .await?;
-        let mut outcomes: Vec<(String, WindowedCommand)> = recorded
-            .into_iter()
-            .map(|(key, _, outcome)| (key, WindowedCommand::Recorded { outcome }))
-            .collect();
-        for (key, seq_nr, events) in accepted {
+        let mut outcomes: Vec<(String, WindowedCommand)> = recorded;
+        for (key, seq_nr, events, request) in accepted {
             // The event that carries a key says how many events its command
             // decided: itself and those just before it.
             let Some(events) = events
@@ -1063,32 +1093,72 @@ impl Journal {
                 WindowedCommand::Accepted {
                     seq_nr: SeqNr(seq_nr),
                     events,
+                    request: request.as_deref().and_then(print_of),
                 },
             ));
         }
         Ok(outcomes)
     }
 
-    /// Outcomes recorded as JSON in `commands`, by key.
+    /// The recorded outcomes of a pool within `within` that took effect,
+    /// or that an earlier build recorded without saying; refusals are
+    /// not read (and `commands_recent_accepted` does not hold them).
+    async fn taken_outcomes(
+        &self,
+        id: &PoolId,
+        within: std::time::Duration,
+    ) -> Result<Vec<(String, WindowedCommand)>> {
+        let rows: Vec<(String, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT idempotency_key, outcome::text, request_print FROM commands
+              WHERE pool_id = $1 AND accepted IS NOT FALSE
+                AND recorded_at > now() - make_interval(secs => $2)",
+        )
+        .bind(id.as_str())
+        .bind(within.as_secs_f64())
+        .fetch_all(&self.db)
+        .await?;
+        rows.into_iter()
+            .map(|(key, outcome, request)| {
+                Ok((
+                    key,
+                    WindowedCommand::Recorded {
+                        outcome: json(id, outcome)?,
+                        request: request.as_deref().and_then(print_of),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes up to `batch` recorded outcomes older than `window`, of any
+    /// pool, and returns how many it deleted. Nodes call it side by side:
+    /// each skips the rows another is deleting.
+    pub async fn prune_outcomes(&self, window: std::time::Duration, batch: i64) -> Result<u64> {
+        let deleted = sqlx::query(
+            "DELETE FROM commands WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM commands
+                  WHERE recorded_at < now() - make_interval(secs => $1)
+                  LIMIT $2 FOR UPDATE SKIP LOCKED))",
+        )
+        .bind(window.as_secs_f64())
+        .bind(batch)
+        .execute(&self.db)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Outcomes recorded as JSON in `commands`, of these keys.
     async fn recorded_outcomes(
         &self,
         id: &PoolId,
-        which: Recorded<'_>,
+        keys: &[String],
     ) -> Result<Vec<(String, SeqNr, Json)>> {
-        const SELECT: &str = "SELECT idempotency_key, seq_nr, outcome::text AS outcome
-                                FROM commands WHERE pool_id = $1";
-        let rows = match which {
-            Recorded::Keys(keys) => sqlx::query(AssertSqlSafe(format!(
-                "{SELECT} AND idempotency_key = ANY($2)"
-            )))
-            .bind(id.as_str())
-            .bind(keys),
-            Recorded::Within(within) => sqlx::query(AssertSqlSafe(format!(
-                "{SELECT} AND recorded_at > now() - make_interval(secs => $2)"
-            )))
-            .bind(id.as_str())
-            .bind(within.as_secs_f64()),
-        }
+        let rows = sqlx::query(
+            "SELECT idempotency_key, seq_nr, outcome::text AS outcome
+               FROM commands WHERE pool_id = $1 AND idempotency_key = ANY($2)",
+        )
+        .bind(id.as_str())
+        .bind(keys)
         .fetch_all(&self.db)
         .await?;
         rows.into_iter()
@@ -1221,14 +1291,6 @@ fn json(pool: &PoolId, text: String) -> Result<Json> {
     })
 }
 
-/// Which outcomes recorded as JSON to read.
-enum Recorded<'a> {
-    /// Those of these keys.
-    Keys(&'a [String]),
-    /// Those recorded within this long of now.
-    Within(std::time::Duration),
-}
-
 /// Accepted outcomes from the events that complete keyed commands (`k`):
 /// each command's key, its last seq and its events as a JSON array. Most
 /// commands decide one event, which is then the whole outcome.
@@ -1318,20 +1380,24 @@ WITH batch AS (
       FROM batch b
 ), new_events AS (
     INSERT INTO events (pool_id, seq_nr, payload, plugin, plugin_name, plugin_version,
-                        plugin_digest, request_id, actor, command_key, command_events)
+                        plugin_digest, request_id, actor, command_key, command_events,
+                        command_print)
     SELECT e.pool_id, e.seq_nr, e.payload, e.plugin, '', '', '', e.request_id, e.actor,
-           e.command_key, e.command_events
+           e.command_key, e.command_events, e.command_print
       FROM UNNEST($5::text[], $6::bigint[], $7::text[]::json[], $8::int[], $9::text[],
-                  $10::text[], $11::text[], $12::int[])
-        AS e(pool_id, seq_nr, payload, plugin, request_id, actor, command_key, command_events)
+                  $10::text[], $11::text[], $12::int[], $17::bytea[])
+        AS e(pool_id, seq_nr, payload, plugin, request_id, actor, command_key, command_events,
+             command_print)
      WHERE e.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
 ), new_commands AS (
-    INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome)
-    SELECT c.* FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::text[]::json[])
-        AS c(pool_id, idempotency_key, seq_nr, outcome)
+    INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome, accepted, request_print)
+    SELECT c.* FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::text[]::json[],
+                           $18::bool[], $19::bytea[])
+        AS c(pool_id, idempotency_key, seq_nr, outcome, accepted, request_print)
      WHERE c.pool_id = ANY (ARRAY(SELECT pool_id FROM verdict WHERE verdict = 'written'))
         ON CONFLICT (pool_id, idempotency_key) DO UPDATE
-       SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now()
+       SET seq_nr = EXCLUDED.seq_nr, outcome = EXCLUDED.outcome, recorded_at = now(),
+           accepted = EXCLUDED.accepted, request_print = EXCLUDED.request_print
 )
 SELECT pool_id, verdict FROM verdict";
 
@@ -1394,6 +1460,7 @@ struct EventColumns<'a> {
     actors: Vec<&'a str>,
     command_keys: Vec<Option<&'a str>>,
     command_events: Vec<Option<i32>>,
+    command_prints: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -1414,6 +1481,13 @@ impl<'a> EventColumns<'a> {
                     .as_ref()
                     .map(|c| i32::try_from(c.events).unwrap_or(i32::MAX)),
             );
+            self.command_prints.push(
+                event
+                    .completes
+                    .as_ref()
+                    .and_then(|c| c.request.as_ref())
+                    .map(|p| p.as_slice()),
+            );
         }
     }
 }
@@ -1424,6 +1498,8 @@ struct CommandColumns<'a> {
     keys: Vec<&'a str>,
     seqs: Vec<i64>,
     outcomes: Vec<&'a str>,
+    accepted: Vec<bool>,
+    requests: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> CommandColumns<'a> {
@@ -1433,6 +1509,9 @@ impl<'a> CommandColumns<'a> {
             self.keys.push(&command.key);
             self.seqs.push(command.seq_nr.0);
             self.outcomes.push(command.outcome.get());
+            self.accepted.push(command.accepted);
+            self.requests
+                .push(command.request.as_ref().map(|p| p.as_slice()));
         }
     }
 }

@@ -298,33 +298,38 @@ impl Config {
     /// Applies the environment: `ALLOT_LISTEN`, `ALLOT_DATABASE_URL`,
     /// `ALLOT_TOKENS` (`name=role:token,…`, instead of the file's tokens),
     /// `ALLOT_NODE_ID`, `ALLOT_ADVERTISE_URL` and `ALLOT_CLUSTER_SECRET`.
-    pub fn with_env(mut self) -> Result<Self> {
-        if let Ok(listen) = std::env::var("ALLOT_LISTEN") {
+    pub fn with_env(self) -> Result<Self> {
+        self.with_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Applies the variables `var` gives, as [`Config::with_env`] does.
+    fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        if let Some(listen) = var("ALLOT_LISTEN") {
             self.listen = listen.parse().map_err(|_| Error::Env {
                 name: "ALLOT_LISTEN",
                 reason: format!("`{listen}` is not an address such as 127.0.0.1:8080"),
             })?;
         }
         // Empty counts as unset, as a shell's `ALLOT_DATABASE_URL=` means.
-        if let Ok(url) = std::env::var("ALLOT_DATABASE_URL")
+        if let Some(url) = var("ALLOT_DATABASE_URL")
             && !url.is_empty()
         {
             self.database_url = Some(url);
         }
         // Instead of the file's tokens, so that a file's tokens (the
         // example's, say) can be replaced without editing it.
-        if let Ok(tokens) = std::env::var("ALLOT_TOKENS")
+        if let Some(tokens) = var("ALLOT_TOKENS")
             && !tokens.trim().is_empty()
         {
             self.tokens = Tokens::parse_list(&tokens)?;
         }
-        if let Ok(node_id) = std::env::var("ALLOT_NODE_ID") {
+        if let Some(node_id) = var("ALLOT_NODE_ID") {
             self.cluster.node_id = Some(node_id);
         }
-        if let Ok(url) = std::env::var("ALLOT_ADVERTISE_URL") {
+        if let Some(url) = var("ALLOT_ADVERTISE_URL") {
             self.cluster.advertise_url = Some(url);
         }
-        if let Ok(secret) = std::env::var("ALLOT_CLUSTER_SECRET") {
+        if let Some(secret) = var("ALLOT_CLUSTER_SECRET") {
             self.cluster.secret = Some(secret);
         }
         Ok(self)
@@ -413,6 +418,8 @@ pub struct Node {
     addr: SocketAddr,
     /// Follows plugin activations made anywhere.
     follower: JoinHandle<()>,
+    /// Deletes recorded outcomes older than the idempotency window.
+    pruner: JoinHandle<()>,
     drain: std::time::Duration,
     state: AppState,
     server: JoinHandle<()>,
@@ -445,6 +452,10 @@ impl Node {
         let cluster_settings = config.cluster.settings(addr)?;
         let journal = Journal::connect(&url, config.max_connections).await?;
         let runtime = Runtime::new(journal.clone(), config.entities.settings());
+        let pruner = tokio::spawn(prune_outcomes(
+            journal.clone(),
+            config.entities.settings().idempotency_window,
+        ));
         let engine = Engine::new(Limits::default()).map_err(Error::Engine)?;
         let registry = Registry::new(journal.db().clone(), engine);
         for path in &config.plugins {
@@ -482,6 +493,7 @@ impl Node {
         Ok(Self {
             addr,
             follower,
+            pruner,
             drain: std::time::Duration::from_secs(config.drain_seconds),
             state,
             server,
@@ -544,6 +556,7 @@ impl Node {
             tracing::warn!("the API server task failed: {error}");
         }
         self.follower.abort();
+        self.pruner.abort();
         self.state.cluster.clone().stop().await;
         self.state.runtime.shutdown().await;
         drop(self.state);
@@ -551,6 +564,32 @@ impl Node {
             tokio::task::spawn_blocking(move || drop(postgres))
                 .await
                 .ok();
+        }
+    }
+}
+
+/// How often a node deletes recorded outcomes past the idempotency window.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Recorded outcomes deleted per statement, so that no delete holds many
+/// rows locked for long.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Deletes recorded outcomes (refusals, mostly) once the idempotency
+/// window is past: a retry is no longer answered with them, and without
+/// this every refused reservation would be kept for ever.
+async fn prune_outcomes(journal: Journal, window: std::time::Duration) {
+    loop {
+        tokio::time::sleep(PRUNE_EVERY).await;
+        loop {
+            match journal.prune_outcomes(window, PRUNE_BATCH).await {
+                Ok(deleted) if deleted < PRUNE_BATCH as u64 => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(error) => {
+                    tracing::warn!("deleting old recorded outcomes failed: {error}");
+                    break;
+                }
+            }
         }
     }
 }
@@ -625,6 +664,46 @@ mod tests {
         assert_eq!(config.tokens.len(), 3);
         assert_eq!(config.drain_seconds, 5);
         assert_eq!(config.entities.writers, 4);
+        assert_eq!(config.http.max_connections, 4096);
+    }
+
+    #[test]
+    fn the_example_tokens_are_refused_and_allot_tokens_replaces_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/allot.toml");
+        let config = Config::load(&path).unwrap();
+        let refused = Tokens::check_secret(&config.tokens, &[]).unwrap_err();
+        assert!(matches!(refused, TokenError::NotSecret(_)), "{refused}");
+        let own = "shop=checkout:9f2c4e1a7b3d5f60,ops=operator:4d8e2a6c1f9b3e07";
+        let config = config
+            .with_vars(|name| (name == "ALLOT_TOKENS").then(|| own.to_owned()))
+            .unwrap();
+        assert_eq!(config.tokens.len(), 2);
+        Tokens::check_secret(&config.tokens, &[]).unwrap();
+        for weak in ["aaaaaaaaaaaaaaaa", "abababababababab", "dev-planner-token"] {
+            let tokens = Tokens::parse_list(&format!("x=planner:{weak}")).unwrap();
+            assert!(
+                Tokens::check_secret(&tokens, &["dev-planner-token"]).is_err(),
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_named_node_needs_the_cluster_secret() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let named = ClusterConfig {
+            node_id: Some("allot-1".into()),
+            ..ClusterConfig::default()
+        };
+        let error = named.settings(listen).unwrap_err();
+        assert!(error.to_string().contains("secret"), "{error}");
+        let secret = ClusterConfig {
+            secret: Some("a-long-shared-secret-0001".into()),
+            ..named
+        };
+        secret.settings(listen).unwrap();
+        // Alone and unnamed, the node makes up a secret no one knows.
+        ClusterConfig::default().settings(listen).unwrap();
     }
 
     #[test]

@@ -28,6 +28,9 @@ const CHANNEL: &str = "allot_plugin_activations";
 /// How long live pools have to move to a newly activated version.
 const SWAP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long an activation or rollback waits for another of its type.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// A stored plugin version.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Version {
@@ -108,6 +111,13 @@ pub enum Error {
         /// The version active again.
         restored: String,
     },
+    /// Another activation or rollback of the type held its lock for
+    /// longer than an activation waits.
+    #[error("another activation or rollback of `{0}` is in progress")]
+    Busy(String),
+    /// The activation's task failed.
+    #[error("the activation stopped: {0}")]
+    Stopped(String),
     /// Reading pools or events failed.
     #[error(transparent)]
     Journal(crate::journal::Error),
@@ -240,20 +250,87 @@ impl Registry {
         activated_by: &str,
         force: bool,
     ) -> Result<(Activation, Report)> {
-        let lock = TypeLock::take(&self.db, capacity_type).await?;
-        let result = self
-            .activate_checked_locked(runtime, capacity_type, digest, activated_by, force)
-            .await;
-        lock.release().await;
-        result
+        let digest = digest.to_owned();
+        self.switch(
+            runtime,
+            capacity_type,
+            activated_by,
+            move |_, _| async move { Ok((digest, "activate", force)) },
+        )
+        .await
     }
 
-    async fn activate_checked_locked(
+    /// Makes active again the version that was active before the current
+    /// one, after the same replay check as an activation (which `force`
+    /// skips the verdict of), and moves live pools to it. Rolling back
+    /// twice returns to where it started.
+    pub async fn rollback(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        activated_by: &str,
+        force: bool,
+    ) -> Result<(Activation, Report)> {
+        self.switch(
+            runtime,
+            capacity_type,
+            activated_by,
+            move |registry, capacity_type| async move {
+                let previous = registry.previous(&capacity_type).await?;
+                Ok((previous, "rollback", force))
+            },
+        )
+        .await
+    }
+
+    /// Switches a type's active version under the type's lock, in a task
+    /// of its own: it finishes, and lets go of the lock, whatever becomes
+    /// of its caller (a client that disconnects half-way cannot leave the
+    /// type half-switched or its lock held). `which` names the version,
+    /// once the lock is held.
+    async fn switch<F, W>(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        activated_by: &str,
+        which: W,
+    ) -> Result<(Activation, Report)>
+    where
+        W: FnOnce(Registry, String) -> F + Send + 'static,
+        F: Future<Output = Result<(String, &'static str, bool)>> + Send,
+    {
+        let (registry, runtime) = (self.clone(), runtime.clone());
+        let (capacity_type, activated_by) = (capacity_type.to_owned(), activated_by.to_owned());
+        let task = tokio::spawn(async move {
+            let lock = TypeLock::take(&registry.db, &capacity_type).await?;
+            let result = match which(registry.clone(), capacity_type.clone()).await {
+                Ok((digest, kind, force)) => {
+                    registry
+                        .switch_locked(
+                            &runtime,
+                            &capacity_type,
+                            &digest,
+                            &activated_by,
+                            kind,
+                            force,
+                        )
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            lock.release().await;
+            result
+        });
+        task.await.map_err(|e| Error::Stopped(e.to_string()))?
+    }
+
+    async fn switch_locked(
         &self,
         runtime: &Runtime,
         capacity_type: &str,
         digest: &str,
         activated_by: &str,
+        kind: &str,
         force: bool,
     ) -> Result<(Activation, Report)> {
         let candidate = self.candidate(capacity_type, digest).await?;
@@ -263,7 +340,9 @@ impl Registry {
         }
         // What to restore if a live pool cannot move.
         let previous = self.active().await?.remove(capacity_type);
-        let activation = self.activate(capacity_type, digest, activated_by).await?;
+        let activation = self
+            .record(capacity_type, digest, activated_by, kind)
+            .await?;
         self.sync(runtime, capacity_type).await?;
         // Every live pool moves now, so that a pool that cannot is known
         // before anyone is told the version is active.
@@ -292,16 +371,8 @@ impl Registry {
         })
     }
 
-    /// Makes active again the version that was active before the current
-    /// one. Rolling back twice returns to where it started.
-    pub async fn rollback(&self, capacity_type: &str, activated_by: &str) -> Result<Activation> {
-        let lock = TypeLock::take(&self.db, capacity_type).await?;
-        let result = self.rollback_locked(capacity_type, activated_by).await;
-        lock.release().await;
-        result
-    }
-
-    async fn rollback_locked(&self, capacity_type: &str, activated_by: &str) -> Result<Activation> {
+    /// The version that was active before the current one.
+    async fn previous(&self, capacity_type: &str) -> Result<String> {
         let digests: Vec<String> = sqlx::query_scalar(
             "SELECT digest FROM plugin_activations WHERE capacity_type = $1 ORDER BY id DESC",
         )
@@ -309,12 +380,11 @@ impl Registry {
         .fetch_all(&self.db)
         .await?;
         let current = digests.first();
-        let previous = digests
+        digests
             .iter()
             .find(|d| Some(*d) != current)
-            .ok_or_else(|| Error::NoPrevious(capacity_type.to_owned()))?;
-        self.record(capacity_type, previous, activated_by, "rollback")
-            .await
+            .cloned()
+            .ok_or_else(|| Error::NoPrevious(capacity_type.to_owned()))
     }
 
     async fn record(
@@ -562,30 +632,57 @@ impl Registry {
 /// was really active before it. A node that dies releases it with its
 /// connection.
 struct TypeLock {
-    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Taken by [`TypeLock::release`]; a lock dropped without it (its
+    /// task panicked) closes its connection, which lets go of the lock.
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     key: String,
 }
 
 impl TypeLock {
+    /// Takes the lock, waiting at most [`LOCK_WAIT`] for another holder,
+    /// without a statement that waits inside PostgreSQL.
     async fn take(db: &PgPool, capacity_type: &str) -> Result<Self> {
         let mut conn = db.acquire().await?;
         let key = format!("allot:activation:{capacity_type}");
-        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
-        Ok(Self { conn, key })
+        let give_up = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&key)
+                .fetch_one(&mut *conn)
+                .await?;
+            if taken {
+                return Ok(Self {
+                    conn: Some(conn),
+                    key,
+                });
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Error::Busy(capacity_type.to_owned()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn release(mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(&self.key)
-            .execute(&mut *self.conn)
+            .execute(&mut *conn)
             .await;
         if unlocked.is_err() {
             // The lock must not go back to the pool with the connection:
             // closing the connection releases it.
-            drop(self.conn.detach());
+            drop(conn.detach());
+        }
+    }
+}
+
+impl Drop for TypeLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
         }
     }
 }
