@@ -74,11 +74,11 @@ async fn run(admin: &str, refusals: i64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO commands (pool_id, idempotency_key, seq_nr, outcome, accepted)
          SELECT $1, 'reserve:refused-' || n, 0,
-                '{\"rejected\":{\"problem\":{\"code\":\"full\",\"message\":\"no units left\"}}}',
+                '{\"rejected\":{\"problem\":{\"code\":\"full\",\"message\":\"no units left\"}}}'::json,
                 false
            FROM generate_series(1, $2) n
          UNION ALL
-         SELECT $1, 'custom:noop:' || n, 0, '{\"accepted\":{\"seq_nr\":0,\"events\":[]}}', true
+         SELECT $1, 'custom:noop:' || n, 0, '{\"accepted\":{\"seq_nr\":0,\"events\":[]}}'::json, true
            FROM generate_series(1, $3) n",
     )
     .bind(pool.as_str())
