@@ -91,6 +91,9 @@ pub struct Metrics {
     /// Leases this node found taken by another node: at a tick, or when
     /// an append was fenced.
     pub cluster_leases_lost: Counter,
+    /// Batches whose append PostgreSQL refused because their shard's lease
+    /// had moved on: a node that lost a shard tried to write, and could not.
+    pub appends_fenced: Counter,
     /// Commands and reads sent on to the owner of their pool, by result.
     pub forwarded: Family<ForwardLabels, Counter>,
 }
@@ -174,6 +177,7 @@ impl Metrics {
             cluster_shards_held: Gauge::default(),
             cluster_nodes_live: Gauge::default(),
             cluster_leases_lost: Counter::default(),
+            appends_fenced: Counter::default(),
             forwarded: Family::default(),
             registry: Registry::default(),
         };
@@ -266,6 +270,11 @@ impl Metrics {
             "allot_cluster_leases_lost",
             "Leases this node found taken by another node",
             metrics.cluster_leases_lost.clone(),
+        );
+        registry.register(
+            "allot_appends_fenced",
+            "Batches refused because their shard's lease had moved to another node",
+            metrics.appends_fenced.clone(),
         );
         registry.register(
             "allot_forwarded_requests",

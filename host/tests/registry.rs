@@ -9,6 +9,7 @@ use std::time::Duration;
 use allot_host::ids::PoolId;
 use allot_host::journal::Journal;
 use allot_host::node::Node;
+use common::another_build;
 use common::api::{Api, CHECKOUT, OPERATOR, PLANNER, Reply, node, node_with};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -32,21 +33,6 @@ async fn upload(api: &Api, bytes: Vec<u8>, capacity_type: Option<&str>) -> Reply
 
 fn component(package: &str) -> Vec<u8> {
     std::fs::read(common::component(package)).unwrap()
-}
-
-/// The same component with a custom section appended: other bytes, so
-/// another digest, and the same behaviour — a second version to switch to.
-fn another_build(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
-    let name = b"allot-test-build";
-    let payload = tag.as_bytes();
-    let size = 1 + name.len() + payload.len();
-    assert!(size < 128 && name.len() < 128, "one-byte LEB128 sizes");
-    bytes.push(0);
-    bytes.push(size as u8);
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload);
-    bytes
 }
 
 fn active(versions: &Value, capacity_type: &str) -> String {

@@ -683,6 +683,7 @@ impl Journal {
                 match verdicts.get(batch.pool.as_str()).map(String::as_str) {
                     Some("written") => Ok(batch.end()),
                     Some("fenced") => {
+                        crate::metrics::metrics().appends_fenced.inc();
                         let fence = batch.fence.expect("only fenced batches are fenced");
                         Err(Error::Fenced {
                             shard: fence.shard,

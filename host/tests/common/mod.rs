@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,21 @@ pub fn component(package: &str) -> PathBuf {
         .get(package)
         .unwrap_or_else(|| panic!("{package} is not in the test plugins"))
         .clone()
+}
+
+/// The same component with a custom section appended: other bytes, so
+/// another digest, and the same behaviour — a second version to switch to.
+pub fn another_build(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
+    let name = b"allot-test-build";
+    let payload = tag.as_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128 && name.len() < 128, "one-byte LEB128 sizes");
+    bytes.push(0);
+    bytes.push(size as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 /// The engine the tests share, with default limits.

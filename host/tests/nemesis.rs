@@ -1,0 +1,160 @@
+//! Faults under load on a cluster of real `allot serve` processes: the
+//! database ends the nodes' connections again and again; a new plugin
+//! version is activated and rolled back while checkout traffic flows.
+//! Clients retry as a real checkout does (the same reservation id after
+//! any answer that says a retry is safe, or after no answer). Each run
+//! prints what the clients saw and ends with the whole audit: no pool over
+//! its capacity at any seq, seqs contiguous, no reservation recorded twice,
+//! every acknowledged one recorded, none refused as full recorded as
+//! reserved, recorded outcomes agreeing with the events, and every node's
+//! read model converging to the journal.
+//!
+//! `ALLOT_NEMESIS_SECONDS` makes each fault last longer than CI's short run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{Behaviour, Load, TOKEN, TestCluster};
+use serde_json::json;
+
+const POOLS: usize = 24;
+/// Enough for reservations to go on through most of a run, and to run
+/// out in some pools towards its end, so that refusals are audited too.
+const UNITS: u64 = 1500;
+const WORKERS: usize = 8;
+
+/// How long each fault goes on.
+fn fault_time() -> Duration {
+    let seconds = std::env::var("ALLOT_NEMESIS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    Duration::from_secs(seconds)
+}
+
+/// Clients that retry unknown outcomes and refusals to decide, under the
+/// same reservation id, for up to half a minute.
+fn retrying() -> Behaviour {
+    Behaviour {
+        timeout_ms: 2000,
+        retry_for: Some(Duration::from_secs(30)),
+    }
+}
+
+/// PostgreSQL ends every connection of the nodes, every 300 ms: the nodes
+/// reconnect on their own, retries are safe, and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_ends_the_nodes_connections_under_load() {
+    let cluster = TestCluster::start(3).await;
+    let pools = cluster.create_pools(POOLS, UNITS).await;
+    let load = Load::start_with(&cluster.client, cluster.urls(), &pools, WORKERS, retrying());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let db = cluster.db().await;
+    let until = Instant::now() + fault_time();
+    let mut ended = 0;
+    while Instant::now() < until {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        ended += killed.len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The cluster recovers without a restart of its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.finish().await;
+    eprintln!(
+        "{} ({ended} connections ended)",
+        seen.report("connections ended")
+    );
+    assert!(ended > 0);
+    assert!(!seen.acknowledged.is_empty());
+    assert_eq!(seen.abandoned, 0, "reservations never decided");
+    cluster.audit(&pools, UNITS, &seen).await;
+}
+
+/// A new version of the pools' type is activated through one node and
+/// rolled back through another while reservations flow: within a few
+/// seconds of each, every node's pools decide with it (the events'
+/// provenance says so), and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_and_a_rollback_under_load() {
+    let cluster = TestCluster::start(3).await;
+    // Room for every reservation: each must be decided by a version.
+    let units = 1_000_000;
+    let pools = cluster.create_pools(POOLS, units).await;
+    let urls = cluster.urls();
+    let first: String = sqlx::query_scalar(
+        "SELECT digest FROM plugin_activations WHERE capacity_type = 'quota'
+          ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&cluster.db().await)
+    .await
+    .unwrap();
+    let uploaded = cluster
+        .client
+        .post(format!("{}/v1/plugins", urls[0]))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/wasm")
+        .body(common::another_build(
+            std::fs::read(common::component("allot-plugin-template")).unwrap(),
+            "nemesis",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(uploaded.status().is_success());
+    let uploaded: serde_json::Value = uploaded.json().await.unwrap();
+    let second = uploaded["digest"].as_str().unwrap().to_owned();
+
+    let load = Load::start_with(&cluster.client, urls.clone(), &pools, WORKERS, retrying());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let switches = [
+        (&urls[0], "activate", second.clone()),
+        (&urls[1], "rollback", first.clone()),
+    ];
+    for (url, how, digest) in switches {
+        let response = cluster
+            .client
+            .post(format!("{url}/v1/capacity-types/quota/{how}"))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "digest": digest }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{how}: {}",
+            response.text().await.unwrap()
+        );
+        // Every node has moved within this bound.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let since = std::time::SystemTime::now();
+        tokio::time::sleep(fault_time() / 2).await;
+        let (others, total): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE p.digest <> $1), count(*)
+               FROM events e JOIN event_plugins p ON p.id = e.plugin
+              WHERE e.recorded_at > $2",
+        )
+        .bind(&digest)
+        .bind(time::OffsetDateTime::from(since))
+        .fetch_one(&cluster.db().await)
+        .await
+        .unwrap();
+        assert!(total > 0, "no events after the {how}");
+        assert_eq!(
+            others, 0,
+            "{others} of {total} events decided by another version 2 s after the {how}"
+        );
+    }
+    let seen = load.finish().await;
+    eprintln!("{}", seen.report("activation and rollback"));
+    assert!(!seen.acknowledged.is_empty());
+    assert_eq!(seen.abandoned, 0, "reservations never decided");
+    cluster.audit(&pools, units, &seen).await;
+}
