@@ -936,3 +936,67 @@ async fn a_rollback_is_checked_like_an_activation() {
         .ok(201);
     node.stop().await;
 }
+
+/// A version whose state layout changed under the same state version
+/// would restore the pools' snapshots to garbage: the replay check
+/// restores each pool's latest snapshot with it, finds the state unlike
+/// what the events give, and the activation is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_changed_under_the_same_state_version_is_refused() {
+    let node = node_with(
+        None,
+        allot_host::node::EntityConfig {
+            idle_after_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    operator
+        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    // Idle, the pool passivates and leaves a snapshot.
+    for _ in 0..100 {
+        if node.runtime().active_pools() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.runtime().active_pools(), 0);
+    let relayout = upload(
+        &operator,
+        component("allot-test-quota-relayout"),
+        Some("quota"),
+    )
+    .await;
+    let relayout = relayout.ok(201)["digest"].as_str().unwrap().to_owned();
+    let report = operator
+        .post(
+            "/v1/capacity-types/quota/check",
+            json!({ "digest": relayout }),
+        )
+        .await;
+    let report = report.ok(200);
+    assert_eq!(report["failed"], 1, "{report}");
+    let reason = report["failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("STATE_VERSION"), "{reason}");
+    operator
+        .post(
+            "/v1/capacity-types/quota/activate",
+            json!({ "digest": relayout }),
+        )
+        .await
+        .problem(409, "replay_check_failed");
+    let state = operator.get("/v1/pools/q1").await;
+    let cell = &state.ok(200)["cells"][0];
+    assert_eq!(
+        (cell["capacity"].as_u64(), cell["used"].as_u64()),
+        (Some(5), Some(1))
+    );
+    node.stop().await;
+}

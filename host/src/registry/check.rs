@@ -210,8 +210,83 @@ async fn rebuild(
         Ok(view) => view,
         Err(error) => return Ok(Err(format!("its view failed: {error}"))),
     };
+    if let Err(reason) = restored_agrees(runtime, pool, candidate, &new_view).await? {
+        return Ok(Err(reason));
+    }
     let old_view = old.and_then(|mut live| live.view().ok());
     Ok(Ok((new_view, old_view)))
+}
+
+/// Whether the pool's latest snapshot in the candidate's state version,
+/// restored by the candidate and followed by the later events, gives the
+/// state its whole history gives (`replayed`). A build that changed its
+/// state's layout without a new `STATE_VERSION` would restore such a
+/// snapshot to garbage, and decide on it.
+async fn restored_agrees(
+    runtime: &Runtime,
+    pool: &PoolRecord,
+    candidate: &Arc<Plugin>,
+    replayed: &View,
+) -> Result<std::result::Result<(), String>> {
+    let journal = runtime.journal();
+    let state_version = candidate.info().state_version;
+    let Some(stored) = journal
+        .latest_snapshot(&pool.id, state_version)
+        .await
+        .map_err(Error::Journal)?
+    else {
+        return Ok(Ok(()));
+    };
+    let at = stored.seq_nr;
+    let unlike = |what: String| {
+        format!(
+            "its snapshot at event {at} (state version {state_version}) {what}; a change of \
+             the state's layout needs a new STATE_VERSION"
+        )
+    };
+    let mut live = match LivePool::restore(
+        candidate,
+        pool.id.as_str(),
+        pool.config.get(),
+        stored.snapshot,
+    ) {
+        Ok(Ok(live)) => live,
+        Ok(Err(problem)) => return Ok(Err(unlike(format!("is refused: {problem}")))),
+        Err(error) => return Ok(Err(unlike(format!("fails to restore: {error}")))),
+    };
+    let mut seq = at;
+    loop {
+        let page = journal
+            .events(&pool.id, seq, PAGE)
+            .await
+            .map_err(Error::Journal)?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            if let Err(error) = live.replay(&event.payload) {
+                return Ok(Err(unlike(format!(
+                    "cannot take event {} after it: {error}",
+                    event.seq_nr
+                ))));
+            }
+            seq = event.seq_nr;
+        }
+        if live.checkpoint().is_err() {
+            return Ok(Err(unlike("fails to snapshot again".to_owned())));
+        }
+    }
+    let restored = match live.view() {
+        Ok(view) => view,
+        Err(error) => return Ok(Err(unlike(format!("gives no view: {error}")))),
+    };
+    Ok(match compare(pool, &restored, replayed) {
+        None => Ok(()),
+        Some(difference) => Err(unlike(format!(
+            "restores to another state than its events give (cells {:?})",
+            difference.cells
+        ))),
+    })
 }
 
 fn compare(pool: &PoolRecord, candidate: &View, active: &View) -> Option<PoolDifference> {

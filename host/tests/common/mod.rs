@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "allot-test-wrong-contract",
     "allot-test-start-trap",
     "allot-test-quota-v2",
+    "allot-test-quota-relayout",
 ];
 
 /// Path of a plugin package's component, building all of them on first use.
