@@ -158,3 +158,136 @@ async fn an_activation_and_a_rollback_under_load() {
     assert_eq!(seen.abandoned, 0, "reservations never decided");
     cluster.audit(&pools, units, &seen).await;
 }
+
+/// A version activated through one node (forced past its replay check)
+/// that a live pool on another node cannot move to is undone by that
+/// node: meanwhile the pool decides nothing, with either version; then the
+/// previous version is active again on every node and decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_pool_that_cannot_follow_an_activation_undoes_it() {
+    let cluster = TestCluster::start(2).await;
+    let pools = cluster.create_pools(8, 100).await;
+    let mut on_n2 = None;
+    for pool in &pools {
+        if cluster.owner_of(pool).await == "n2" {
+            on_n2 = Some(pool.clone());
+            break;
+        }
+    }
+    let pool = on_n2.expect("a pool on n2");
+    let (n1, n2) = (cluster.nodes[0].url(), cluster.nodes[1].url());
+    let send = |url: String, path: String, body: serde_json::Value| {
+        let client = cluster.client.clone();
+        async move {
+            let response = client
+                .post(format!("{url}{path}"))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Live on n2, with a history the next version cannot replay.
+    let reservations = format!("/v1/pools/{pool}/reservations");
+    let (status, _) = send(
+        n2.clone(),
+        reservations.clone(),
+        json!({ "id": "before", "request": { "units": 1 } }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = send(
+        n2.clone(),
+        format!("/v1/pools/{pool}/commands"),
+        json!({ "name": "set_units", "payload": { "units": 50 } }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let db = cluster.db().await;
+    let first: String = sqlx::query_scalar(
+        "SELECT digest FROM plugin_activations WHERE capacity_type = 'quota'
+          ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let uploaded: serde_json::Value = cluster
+        .client
+        .post(format!("{n1}/v1/plugins?capacity_type=quota"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(common::component("allot-test-quota-v2")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = uploaded["digest"].as_str().unwrap().to_owned();
+    // n1 has no live pool of the type: nothing there refuses the version.
+    let (status, body) = send(
+        n1.clone(),
+        "/v1/capacity-types/quota/activate".into(),
+        json!({ "digest": second, "force": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // n2 hears of the activation (a notification) well within this.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A reservation through n1 reaches the pool on n2, which cannot move:
+    // the pool decides nothing until the activation is undone, then the
+    // retry is decided by the first version.
+    let started = Instant::now();
+    let mut pending = 0;
+    loop {
+        let (status, body) = send(
+            n1.clone(),
+            reservations.clone(),
+            json!({ "id": "after", "request": { "units": 1 } }),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(body["retryable"], true, "{body}");
+        pending += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never decided: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (kind, digest, by): (String, String, String) = sqlx::query_as(
+        "SELECT kind, digest, activated_by FROM plugin_activations
+          WHERE capacity_type = 'quota' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), digest.as_str()),
+        ("rollback", first.as_str())
+    );
+    assert!(by.contains("cannot move"), "{by}");
+    let deciders: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT p.digest FROM events e JOIN event_plugins p ON p.id = e.plugin
+          WHERE e.pool_id = $1",
+    )
+    .bind(&pool)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        deciders,
+        [first],
+        "no event was decided by the refused version"
+    );
+    eprintln!(
+        "undone by the pool's node after {} ms ({pending} answers to retry)",
+        started.elapsed().as_millis()
+    );
+}

@@ -306,6 +306,13 @@ impl From<entity::Error> for ApiError {
                 "the command was decided, but whether it was recorded is not known",
             ),
             E::ShuttingDown => Self::unavailable("shutting_down", "this node is shutting down"),
+            E::VersionPending(pool) => Self::unavailable(
+                "version_switch_pending",
+                format!(
+                    "pool `{pool}` cannot move to its type's newly active version, which is being \
+                     undone; retry shortly"
+                ),
+            ),
             E::KeyReused => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

@@ -26,7 +26,7 @@ use crate::journal::{self, RequestPrint};
 use crate::sandbox::{self, Command, Context, Failure, Json, Problem};
 
 pub use history::Point;
-pub use runtime::{Fencing, Runtime, Settings, ViewSink};
+pub use runtime::{Fencing, Runtime, Settings, SwapRefusals, ViewSink};
 pub use shadow::{Disagreement, ShadowReport};
 
 /// A command for a pool, with what the host needs to run it.
@@ -297,6 +297,10 @@ pub enum Error {
     /// another request that took effect: a retry must send the same one.
     #[error("the key was used for another request")]
     KeyReused,
+    /// The pool cannot move to its type's newly active version, which is
+    /// being undone: the command was not decided, by either version.
+    #[error("pool {0} cannot move to its type's active version, which is being undone")]
+    VersionPending(PoolId),
     /// The runtime is shutting down.
     #[error("this node is shutting down")]
     ShuttingDown,
@@ -312,6 +316,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Overloaded(_)
+            | Error::VersionPending(_)
             | Error::DeadlinePassed
             | Error::ShuttingDown
             | Error::NotOwner(_) => true,

@@ -92,7 +92,14 @@ pub(super) struct Inner {
     view_sink: std::sync::OnceLock<ViewSink>,
     /// The shard leases this node holds, when it is part of a cluster.
     fencing: std::sync::OnceLock<Fencing>,
+    /// Told of every live pool that cannot move to its type's active
+    /// version.
+    refusals: std::sync::OnceLock<SwapRefusals>,
 }
+
+/// Takes each live pool that cannot move to its type's active version: the
+/// pool, the capacity type, the version's digest and why.
+pub type SwapRefusals = Arc<dyn Fn(&PoolId, &str, &str, &str) + Send + Sync>;
 
 /// Tells the lease epoch this node holds for a shard, or `None` when it
 /// holds none: then no entity of the shard may start here.
@@ -132,6 +139,7 @@ impl Runtime {
                 shutting_down: AtomicBool::new(false),
                 view_sink: std::sync::OnceLock::new(),
                 fencing: std::sync::OnceLock::new(),
+                refusals: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -140,6 +148,12 @@ impl Runtime {
     /// model, which then need not read its own writes back). Set once.
     pub fn publish_views_to(&self, sink: ViewSink) {
         let _ = self.inner.view_sink.set(sink);
+    }
+
+    /// Tells `refusals` of every live pool that cannot move to its type's
+    /// active version (the node undoes that activation). Set once.
+    pub fn report_refused_swaps_to(&self, refusals: SwapRefusals) {
+        let _ = self.inner.refusals.set(refusals);
     }
 
     /// Starts entities only for shards whose lease `fencing` names, and
@@ -496,6 +510,13 @@ impl Inner {
         });
         if let Some(sink) = self.view_sink.get() {
             sink(pool, capacity_type, seq_nr, view);
+        }
+    }
+
+    /// Reports a live pool that cannot move to its type's active version.
+    pub(super) fn refused_swap(&self, pool: &PoolId, capacity_type: &str, digest: &str, why: &str) {
+        if let Some(refusals) = self.refusals.get() {
+            refusals(pool, capacity_type, digest, why);
         }
     }
 

@@ -107,12 +107,27 @@ pub(super) async fn run(
                     Err(error) => {
                         tracing::error!(
                             to = %active.digest(),
-                            "the pool cannot move to the active plugin version and keeps its own: {}",
+                            "the pool cannot move to the active plugin version; the activation is undone: {}",
                             error.reason
+                        );
+                        runtime.refused_swap(
+                            &pool,
+                            &entity.capacity_type,
+                            active.digest(),
+                            &error.reason,
                         );
                         entity.refused = Some((active.digest().to_owned(), error.reason));
                     }
                 }
+            }
+            // Until the version it cannot move to is undone, the pool
+            // decides nothing: not with that version, nor with its own,
+            // which is no longer the active one.
+            if let Some((digest, why)) = &entity.refused
+                && digest == active.digest()
+            {
+                pending(&pool, batch, why);
+                continue;
             }
         }
         entity.follow_shadow(&runtime).await;
@@ -181,6 +196,22 @@ async fn refuse_all(
             return;
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// Answers a batch the pool cannot decide while its type's active version
+/// is being undone: callers retry, and are decided once it is.
+fn pending(pool: &PoolId, batch: Vec<Envelope>, why: &str) {
+    for envelope in batch {
+        match envelope {
+            Envelope::Command(_, ticket, reply) => {
+                // Refused before being taken: certainly not decided.
+                ticket.withdraw();
+                let _ = reply.send(Err(Error::VersionPending(pool.clone())));
+            }
+            Envelope::View(reply) => drop(reply.send(Err(Error::VersionPending(pool.clone())))),
+            Envelope::Swap(_, reply) => drop(reply.send(Err(why.to_owned()))),
+        }
     }
 }
 

@@ -461,6 +461,11 @@ impl Node {
         for path in &config.plugins {
             seed(&registry, path, config.activate_plugins).await?;
         }
+        runtime.report_refused_swaps_to(undo_refused_activations(
+            registry.clone(),
+            runtime.clone(),
+            cluster_settings.node_id.clone(),
+        ));
         // Listening first: an activation made meanwhile is not missed.
         let follower = registry.follow(runtime.clone()).await?;
         let types = registry.apply_active(&runtime).await?;
@@ -566,6 +571,43 @@ impl Node {
                 .ok();
         }
     }
+}
+
+/// What a node does when one of its live pools cannot move to its type's
+/// newly active version (activated through another node, whose replay
+/// check it passed or was forced past): it undoes that activation on every
+/// node, as the activating node does for its own pools, so that no version
+/// is ever active for some pools and not others. One undo at a time per
+/// version, however many pools refuse it.
+fn undo_refused_activations(
+    registry: Registry,
+    runtime: Runtime,
+    node_id: String,
+) -> entity::SwapRefusals {
+    let undoing: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    Arc::new(move |pool, capacity_type, digest, reason| {
+        if !undoing.lock().expect("undoing").insert(digest.to_owned()) {
+            return;
+        }
+        let (registry, runtime, undoing) = (registry.clone(), runtime.clone(), undoing.clone());
+        let (capacity_type, digest) = (capacity_type.to_owned(), digest.to_owned());
+        let why = format!("system: pool {pool} on node {node_id} cannot move to it: {reason}");
+        tokio::spawn(async move {
+            match registry.undo(&runtime, &capacity_type, &digest, &why).await {
+                Ok(Some(activation)) => tracing::warn!(
+                    capacity_type,
+                    undone = %digest,
+                    active = %activation.digest,
+                    "an activation a live pool here cannot follow was undone"
+                ),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(capacity_type, %digest, "undoing an activation failed: {error}")
+                }
+            }
+            undoing.lock().expect("undoing").remove(&digest);
+        });
+    })
 }
 
 /// How often a node deletes recorded outcomes past the idempotency window.

@@ -371,6 +371,40 @@ impl Registry {
         })
     }
 
+    /// Undoes the activation of `digest` because a live pool cannot move to
+    /// it (on this node, after another node activated it): the version
+    /// active before it is active again, on every node. Nothing is done
+    /// if `digest` is no longer the active version.
+    pub async fn undo(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        digest: &str,
+        why: &str,
+    ) -> Result<Option<Activation>> {
+        let (registry, runtime) = (self.clone(), runtime.clone());
+        let (capacity_type, digest, why) =
+            (capacity_type.to_owned(), digest.to_owned(), why.to_owned());
+        // Like an activation, to its end whatever becomes of the caller.
+        let task = tokio::spawn(async move {
+            let lock = TypeLock::take(&registry.db, &capacity_type).await?;
+            let undone = async {
+                if registry.active_version(&capacity_type).await?.as_deref() != Some(&digest) {
+                    return Ok(None);
+                }
+                let previous = registry.previous(&capacity_type).await?;
+                let (activation, _) = registry
+                    .switch_locked(&runtime, &capacity_type, &previous, &why, "rollback", true)
+                    .await?;
+                Ok(Some(activation))
+            }
+            .await;
+            lock.release().await;
+            undone
+        });
+        task.await.map_err(|e| Error::Stopped(e.to_string()))?
+    }
+
     /// The version that was active before the current one.
     async fn previous(&self, capacity_type: &str) -> Result<String> {
         let digests: Vec<String> = sqlx::query_scalar(
