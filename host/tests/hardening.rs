@@ -521,3 +521,71 @@ async fn a_refusal_is_recorded_cut_to_size() {
     assert!(stored < 2048, "{stored} bytes stored");
     node.stop().await;
 }
+
+/// A client that sends its request's head a byte at a time, or keeps a
+/// connection without using it, is closed after the header timeout; past
+/// the connection limit, a new connection is served only once another
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_cannot_hold_the_node() {
+    use allot_host::node::{ClusterConfig, HttpLimits};
+    let node = common::api::node_from(
+        None,
+        EntityConfig::default(),
+        ClusterConfig::default(),
+        HttpLimits {
+            header_timeout_seconds: 1,
+            max_connections: 2,
+        },
+    )
+    .await;
+    let address = node.url().trim_start_matches("http://").to_owned();
+    // A byte every 200 ms: the head never completes, and the node closes.
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    let started = std::time::Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for byte in head {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0u8; 256];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buffer)).await
+        {
+            // An answer (408) or the end of the connection, before the head.
+            assert!(read == 0 || buffer.starts_with(b"HTTP/1.1 408"), "{read}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head sent a byte at a time was waited for");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop(slow);
+
+    // Two idle connections take the limit; a third waits until one closes.
+    let idle = [
+        TcpStream::connect(&address).await.unwrap(),
+        TcpStream::connect(&address).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(&address).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        status_line(&mut third, Duration::from_millis(300)).await,
+        None,
+        "served past the connection limit"
+    );
+    drop(idle);
+    assert_eq!(
+        status_line(&mut third, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    node.stop().await;
+}

@@ -1291,3 +1291,49 @@ async fn refusals_are_not_recovered_and_old_outcomes_are_pruned() {
             .unwrap();
     assert_eq!(left, ["reserve:r2", "reserve:r3", "reserve:r4"]);
 }
+
+/// A grid page reads only its capacity type's pools, and looks at a
+/// bounded number of pools under the read model's lock: a filter that
+/// matches nothing ends at once, or in short pages that say where to go on.
+#[tokio::test]
+async fn a_grid_page_reads_its_type_and_a_bounded_number_of_pools() {
+    use allot_host::sandbox::View;
+    use allot_host::view::{Filter, ReadModel, Settings};
+    use std::time::Duration;
+    let (journal, _, _) = journal_with_pool("grid-bound").await;
+    let settings = Settings {
+        poll_every: Duration::from_secs(3600),
+        full_sync_every: Duration::from_secs(3600),
+    };
+    let model = ReadModel::start(journal.db().clone(), settings)
+        .await
+        .unwrap();
+    let slot: View = serde_json::from_value(json!({ "cells": [{
+        "key": "08-10", "labels": {}, "start_ms": 1000, "end_ms": 2000,
+        "unit": "stops", "capacity": 5, "used": 0, "held": 0, "open": true }], "details": {} }))
+    .unwrap();
+    let id = |i: usize| PoolId::new(&format!("day-{i:05}")).unwrap();
+    for i in 0..25_000 {
+        model.publish(&id(i), "logistics", SeqNr(1), slot.clone());
+    }
+    assert!(eventually(|| model.len() == 25_000).await);
+    let page = |capacity_type: &str, from_ms: Option<i64>, after: Option<PoolId>| {
+        let filter = Filter {
+            capacity_type: Some(capacity_type.to_owned()),
+            from_ms,
+            after,
+            limit: 100,
+            ..Filter::default()
+        };
+        model.read_page(&filter, |page| (page.pools.len(), page.next.cloned()))
+    };
+    assert_eq!(page("nope", None, None), (0, None), "no pool of the type");
+    assert_eq!(page("logistics", None, None), (100, Some(id(99))));
+    // No cell ends after 5000 ms: pages of none, 10,000 pools looked at each.
+    assert_eq!(page("logistics", Some(5000), None), (0, Some(id(9_999))));
+    assert_eq!(
+        page("logistics", Some(5000), Some(id(9_999))),
+        (0, Some(id(19_999)))
+    );
+    assert_eq!(page("logistics", Some(5000), Some(id(19_999))), (0, None));
+}

@@ -1,7 +1,7 @@
 //! A node on a real PostgreSQL, and a client of its API as one caller.
 
 use allot_host::api::TokenConfig;
-use allot_host::node::{ClusterConfig, Config, EntityConfig, Node};
+use allot_host::node::{ClusterConfig, Config, EntityConfig, HttpLimits, Node};
 use allot_host::sandbox::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -30,6 +30,16 @@ pub async fn node_in_cluster(
     entities: EntityConfig,
     cluster: ClusterConfig,
 ) -> Node {
+    node_from(url, entities, cluster, HttpLimits::default()).await
+}
+
+/// Starts a node as [`node_in_cluster`] does, with these HTTP limits.
+pub async fn node_from(
+    url: Option<String>,
+    entities: EntityConfig,
+    cluster: ClusterConfig,
+    http: HttpLimits,
+) -> Node {
     let url = match url {
         Some(url) => url,
         None => super::database().await,
@@ -52,6 +62,7 @@ pub async fn node_in_cluster(
             })
             .collect(),
         entities,
+        http,
         // Nodes a test starts on one database form a cluster.
         cluster: ClusterConfig {
             secret: Some("test-cluster-secret-0001".into()),
