@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Behaviour, Load, TOKEN, TestCluster};
+use common::cluster::{Behaviour, Link, Load, TOKEN, TestCluster};
 use serde_json::json;
 
 const POOLS: usize = 24;
@@ -290,4 +290,89 @@ async fn a_live_pool_that_cannot_follow_an_activation_undoes_it() {
         "undone by the pool's node after {} ms ({pending} answers to retry)",
         started.elapsed().as_millis()
     );
+}
+
+/// PostgreSQL restarts twice (a fast shutdown: every connection ended and
+/// every transaction in flight rolled back, then up again on the same
+/// port) under load: the nodes ride it out without a restart of their own,
+/// and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarts_under_load() {
+    use allot_host::pg::EmbeddedPostgres;
+    use sqlx::Connection;
+    // A server of this test's own: the other tests keep theirs running.
+    let dir = std::env::temp_dir().join(format!("allot-nemesis-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let mut admin = sqlx::PgConnection::connect(&server.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE nemesis")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let cluster = TestCluster::start_on(3, server.url("nemesis")).await;
+    let pools = cluster.create_pools(POOLS, UNITS).await;
+    let load = Load::start_with(&cluster.client, cluster.urls(), &pools, WORKERS, retrying());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut server = server;
+    let mut down = Duration::ZERO;
+    for _ in 0..2 {
+        let started = Instant::now();
+        server = tokio::task::spawn_blocking(move || {
+            server.restart().expect("PostgreSQL starts again");
+            server
+        })
+        .await
+        .unwrap();
+        down = down.max(started.elapsed());
+        tokio::time::sleep(fault_time() / 2).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.finish().await;
+    eprintln!(
+        "{} (PostgreSQL down for up to {} ms a restart)",
+        seen.report("database restarts"),
+        down.as_millis()
+    );
+    assert!(!seen.acknowledged.is_empty());
+    assert_eq!(seen.abandoned, 0, "reservations never decided");
+    cluster.audit(&pools, UNITS, &seen).await;
+    drop(cluster);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The other nodes lose their way to one node (their forwards to it are
+/// dropped, then stalled) while clients keep sending to every node: a
+/// forward that never arrived is retried until its deadline, one that may
+/// have arrived is answered "outcome unknown", and the clients' retries
+/// under the same ids, to every node in turn, leave nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_between_nodes_under_load() {
+    let cluster = TestCluster::start_behind(3, common::database().await, &[2]).await;
+    let pools = cluster.create_pools(POOLS, UNITS).await;
+    let load = Load::start_with(&cluster.client, cluster.urls(), &pools, WORKERS, retrying());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let proxy = &cluster.proxies[&2];
+    for link in [Link::Dropped, Link::Stalled] {
+        proxy.set(link);
+        tokio::time::sleep(fault_time() / 2).await;
+    }
+    proxy.set(Link::Up);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.finish().await;
+    eprintln!("{}", seen.report("partition from one node"));
+    assert!(!seen.acknowledged.is_empty());
+    assert_eq!(seen.abandoned, 0, "reservations never decided");
+    cluster.audit(&pools, UNITS, &seen).await;
 }

@@ -62,6 +62,10 @@ pub struct EmbeddedPostgres {
     guard: Option<ChildStdin>,
     port: u16,
     dir: PathBuf,
+    /// Where its binaries are, and the settings of this start, for a
+    /// restart.
+    bin_dir: PathBuf,
+    settings: Vec<(String, String)>,
 }
 
 impl EmbeddedPostgres {
@@ -74,15 +78,32 @@ impl EmbeddedPostgres {
     /// Starts PostgreSQL as [`start`](Self::start) does, with server
     /// settings (name, value) on top of its own for this start only.
     pub fn start_with_settings(dir: &Path, settings: &[(String, String)]) -> Result<Self> {
-        Self::launch(dir, &find_binaries()?, settings)
+        Self::launch(dir, &find_binaries()?, settings, None)
     }
 
     /// Starts PostgreSQL from the binaries in `bin_dir`.
     pub fn start_with(dir: &Path, bin_dir: &Path) -> Result<Self> {
-        Self::launch(dir, bin_dir, &[])
+        Self::launch(dir, bin_dir, &[], None)
     }
 
-    fn launch(dir: &Path, bin_dir: &Path, settings: &[(String, String)]) -> Result<Self> {
+    /// Stops the server with a fast shutdown (every connection ended, open
+    /// transactions rolled back) and starts it again on the same port, data
+    /// and settings, as an operator's restart does.
+    pub fn restart(&mut self) -> Result<()> {
+        drop(self.guard.take());
+        let _ = self.child.wait();
+        let fresh = Self::launch(&self.dir, &self.bin_dir, &self.settings, Some(self.port))?;
+        // The stopped server's drop only finds it stopped.
+        drop(std::mem::replace(self, fresh));
+        Ok(())
+    }
+
+    fn launch(
+        dir: &Path,
+        bin_dir: &Path,
+        settings: &[(String, String)],
+        port: Option<u16>,
+    ) -> Result<Self> {
         for tool in ["postgres", "initdb"] {
             if !bin_dir.join(tool).is_file() {
                 return Err(Error::MissingTool(bin_dir.to_owned(), tool));
@@ -116,7 +137,10 @@ impl EmbeddedPostgres {
             )?;
         }
         wait_for_previous_server(&data)?;
-        let port = free_port()?;
+        let port = match port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let log_path = dir.join("postgres.log");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -166,6 +190,8 @@ wait "$pid""#;
             guard,
             port,
             dir: dir.to_owned(),
+            bin_dir: bin_dir.to_owned(),
+            settings: settings.to_vec(),
         };
         server.wait_until_ready(&log_path, log_start)?;
         tracing::info!(port, path = %dir.display(), "embedded PostgreSQL is up");

@@ -64,12 +64,25 @@ pub struct TestCluster {
     pub database_url: String,
     pub nodes: Vec<NodeProcess>,
     pub client: Client,
+    /// The proxies the other nodes reach these nodes through, by index.
+    pub proxies: HashMap<usize, Proxy>,
 }
 
 impl TestCluster {
     pub async fn start(count: usize) -> Self {
-        let database_url = super::database().await;
+        Self::start_on(count, super::database().await).await
+    }
+
+    /// A cluster on this database.
+    pub async fn start_on(count: usize, database_url: String) -> Self {
+        Self::start_behind(count, database_url, &[]).await
+    }
+
+    /// A cluster on this database whose nodes numbered in `proxied` (from
+    /// 0) are reached by the others through a [`Proxy`] of their own.
+    pub async fn start_behind(count: usize, database_url: String, proxied: &[usize]) -> Self {
         let plugin = super::component("allot-plugin-template");
+        let mut proxies = HashMap::new();
         let dir = std::env::temp_dir().join(format!(
             "allot-cluster-test-{}-{}",
             std::process::id(),
@@ -84,6 +97,15 @@ impl TestCluster {
                 .unwrap()
                 .port();
             let config = dir.join(format!("n{n}.toml"));
+            let advertised = match proxied.contains(&(n - 1)) {
+                true => {
+                    let proxy = Proxy::start(port).await;
+                    let url = format!("http://127.0.0.1:{}", proxy.port);
+                    proxies.insert(n - 1, proxy);
+                    url
+                }
+                false => format!("http://127.0.0.1:{port}"),
+            };
             std::fs::write(
                 &config,
                 format!(
@@ -93,6 +115,7 @@ impl TestCluster {
                      max_connections = 8\n\
                      [cluster]\n\
                      node_id = \"n{n}\"\n\
+                     advertise_url = \"{advertised}\"\n\
                      secret = \"{SECRET}\"\n\
                      lease_ms = {LEASE_MS}\n\
                      tick_ms = {TICK_MS}\n"
@@ -111,6 +134,7 @@ impl TestCluster {
             dir,
             database_url,
             nodes,
+            proxies,
             client: Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
@@ -679,5 +703,73 @@ async fn reserve(client: &Client, url: &str, pool: &str, id: &str, timeout_ms: u
             };
             Answer::Retry(format!("{kind} via {url}"))
         }
+    }
+}
+
+/// What a [`Proxy`] does with the traffic between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Passes it.
+    Up,
+    /// Closes every connection, open or new: a partition the senders see.
+    Dropped,
+    /// Takes new connections and passes nothing on them: a partition the
+    /// senders only notice by waiting.
+    Stalled,
+}
+
+/// A TCP proxy in front of one node, on the way the other nodes reach it.
+pub struct Proxy {
+    pub port: u16,
+    link: tokio::sync::watch::Sender<Link>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (link, links) = tokio::sync::watch::channel(Link::Up);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut links = links.clone();
+                tokio::spawn(async move {
+                    let state = *links.borrow_and_update();
+                    match state {
+                        Link::Dropped => {}
+                        Link::Stalled => {
+                            // Held, unread, until the link changes.
+                            let _ = links.changed().await;
+                        }
+                        Link::Up => {
+                            let Ok(mut outbound) =
+                                tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = links.wait_for(|link| *link != Link::Up) => {}
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, link, task }
+    }
+
+    /// Sets what the proxy does from now on, with open connections too.
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
