@@ -21,12 +21,13 @@ use allot_host::dev;
 use allot_host::entity::{Error, Outcome, Request, Runtime, Settings};
 use allot_host::ids::PoolId;
 use allot_host::journal::Journal;
-use allot_host::pg::EmbeddedPostgres;
 use allot_host::sandbox::{Command, Context, Engine, Limits, Plugin, Role};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::Connection;
+
+mod support;
 use tokio::time::Instant;
 
 const RECOVERY_EVENTS: usize = 100_000;
@@ -47,16 +48,7 @@ fn main() -> anyhow::Result<()> {
     let path = dev::build_plugins(&dev::workspace_root(), &["allot-plugin-template"])?.remove(0);
     let plugin = Plugin::load(&Engine::new(Limits::default())?, &std::fs::read(path)?)?;
 
-    let _server;
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let server = EmbeddedPostgres::start(&dev::scratch_postgres_dir("bench"))?;
-            let url = server.url("postgres");
-            _server = server;
-            url
-        }
-    };
+    let (admin, _server) = support::admin_url()?;
 
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

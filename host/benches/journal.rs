@@ -14,34 +14,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allot_host::dev;
 use allot_host::ids::{PoolId, SeqNr};
 use allot_host::journal::{Append, Completion, Fence, Journal, NewEvent, PluginRef};
-use allot_host::pg::EmbeddedPostgres;
 use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::Connection;
+
+mod support;
 
 const POOLS: usize = 1000;
 const GROUPS: [usize; 4] = [1, 4, 16, 64];
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(3.0);
-    let _server;
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let server = EmbeddedPostgres::start(&dev::scratch_postgres_dir("bench"))?;
-            let url = server.url("postgres");
-            _server = server;
-            url
-        }
-    };
+    let seconds: f64 = support::arg("--seconds", 3.0);
+    let (admin, _server) = support::admin_url()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -13,13 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use allot_host::dev;
 use allot_host::ids::PoolId;
 use allot_host::journal::Journal;
-use allot_host::pg::EmbeddedPostgres;
 use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::Connection;
+
+mod support;
 
 /// Outcomes without events that took effect (a zero-event acceptance).
 const TAKEN: i64 = 300;
@@ -27,22 +27,8 @@ const RUNS: usize = 7;
 const WINDOW: Duration = Duration::from_secs(3600);
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let refusals: i64 = args
-        .iter()
-        .position(|a| a == "--refusals")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(1_000_000);
-    let _server;
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let server = EmbeddedPostgres::start(&dev::scratch_postgres_dir("bench"))?;
-            let url = server.url("postgres");
-            _server = server;
-            url
-        }
-    };
+    let refusals: i64 = support::arg("--refusals", 1_000_000);
+    let (admin, _server) = support::admin_url()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -35,6 +35,41 @@ fn component(package: &str) -> Vec<u8> {
     std::fs::read(common::component(package)).unwrap()
 }
 
+/// A node whose pools passivate after a second idle, with pool `q1` (a
+/// quota of 5) holding reservation `r1`, and an operator's client.
+async fn node_with_a_reservation() -> (Node, Api) {
+    let node = node_with(
+        None,
+        allot_host::node::EntityConfig {
+            idle_after_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let operator = Api::new(&node, Some(OPERATOR));
+    operator
+        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
+        .await
+        .ok(201);
+    operator
+        .reserve("q1", "r1", json!({ "units": 1 }))
+        .await
+        .ok(201);
+    (node, operator)
+}
+
+/// Waits until the node's pools, idle, have passivated (each leaving a
+/// snapshot).
+async fn until_passivated(node: &Node) {
+    for _ in 0..100 {
+        if node.runtime().active_pools() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pools still active: {}", node.runtime().active_pools());
+}
+
 fn active(versions: &Value, capacity_type: &str) -> String {
     versions
         .as_array()
@@ -691,23 +726,7 @@ async fn shadow_mode_reports_disagreements() {
 /// Pools a forced version cannot replay fail under that version only: a rollback brings them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_version_fails_pools_only_until_rolled_back() {
-    let node = node_with(
-        None,
-        allot_host::node::EntityConfig {
-            idle_after_seconds: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let operator = Api::new(&node, Some(OPERATOR));
-    operator
-        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
-        .await
-        .ok(201);
-    operator
-        .reserve("q1", "r1", json!({ "units": 1 }))
-        .await
-        .ok(201);
+    let (node, operator) = node_with_a_reservation().await;
     operator
         .post(
             "/v1/pools/q1/commands",
@@ -718,13 +737,7 @@ async fn a_forced_version_fails_pools_only_until_rolled_back() {
     let v2 = upload(&operator, component("allot-test-quota-v2"), Some("quota")).await;
     let v2 = v2.ok(201)["digest"].as_str().unwrap().to_owned();
     // Idle, the pool passivates: no live pool is there to refuse the version.
-    for _ in 0..100 {
-        if node.runtime().active_pools() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(node.runtime().active_pools(), 0);
+    until_passivated(&node).await;
     operator
         .post(
             "/v1/capacity-types/quota/activate",
@@ -943,31 +956,9 @@ async fn a_rollback_is_checked_like_an_activation() {
 /// what the events give, and the activation is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_changed_under_the_same_state_version_is_refused() {
-    let node = node_with(
-        None,
-        allot_host::node::EntityConfig {
-            idle_after_seconds: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let operator = Api::new(&node, Some(OPERATOR));
-    operator
-        .create("q1", "quota", json!({ "name": "q1", "units": 5 }))
-        .await
-        .ok(201);
-    operator
-        .reserve("q1", "r1", json!({ "units": 1 }))
-        .await
-        .ok(201);
+    let (node, operator) = node_with_a_reservation().await;
     // Idle, the pool passivates and leaves a snapshot.
-    for _ in 0..100 {
-        if node.runtime().active_pools() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(node.runtime().active_pools(), 0);
+    until_passivated(&node).await;
     let relayout = upload(
         &operator,
         component("allot-test-quota-relayout"),
