@@ -203,6 +203,27 @@ async fn a_node_paused_past_its_lease_is_fenced() {
         .execute(&mut *holder)
         .await
         .unwrap();
+    // The load's clients may all be waiting on other nodes' appends by
+    // now: one more request goes straight to a pool of n3's.
+    let mut on_n3 = None;
+    for pool in &pools {
+        if cluster.owner_of(pool).await == "n3" {
+            on_n3 = Some(pool.clone());
+            break;
+        }
+    }
+    let on_n3 = on_n3.expect("a pool on n3");
+    let sent = cluster
+        .client
+        .post(format!(
+            "{}/v1/pools/{on_n3}/reservations",
+            cluster.nodes[2].url()
+        ))
+        .bearer_auth(TOKEN)
+        .header("allot-timeout-ms", "30000")
+        .json(&json!({ "id": "during-the-pause", "request": { "units": 1 } }))
+        .send();
+    let sent = tokio::spawn(sent);
     let started = Instant::now();
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -258,6 +279,9 @@ async fn a_node_paused_past_its_lease_is_fenced() {
         fenced_appends > 0.0,
         "the woken node never tried to append under a lost lease"
     );
+    // Its append refused, the request is answered (retry, or by the new
+    // owner); whatever it says, the audit below holds.
+    let _ = sent.await;
     let seen = load.finish().await;
     let fenced: i64 = sqlx::query_scalar("SELECT count(*) FROM shard_leases WHERE epoch > 1")
         .fetch_one(&cluster.db().await)
