@@ -2,9 +2,13 @@
 //! Allot's logistics pools the way a web shop's checkout would.
 //!
 //! For each order it offers the customer's preferred slot first and the
-//! next one when that is full (`409 slot_full`), and retries a `503` after
-//! the `Retry-After` the node asks for, with the same reservation id, so that
-//! a retry can never book twice.
+//! next one when that is full (`409 slot_full`). It sends a reservation
+//! again, with the same id, after any answer that says a retry is safe
+//! (`"retryable": true`): a `503` (not decided; after the `Retry-After` the
+//! node asks for) or a `502 outcome_unknown` (decided, its recording
+//! unknown: the retry answers the first outcome). So a retry can never
+//! book twice, and an order moves to another slot only once its last
+//! answer says nothing was booked.
 //!
 //! ```sh
 //! cargo run -p allot-checkout-client -- --orders 200 --concurrency 8
@@ -191,6 +195,9 @@ async fn place(
             "request": { "slot": slot.slot, "stops": 1, "weight_kg": 5 + (n % 20) as u64 },
         });
         let started = Instant::now();
+        // Whether an attempt was decided without its recording known: it
+        // may have booked this slot until a later answer says otherwise.
+        let mut maybe_booked = false;
         for attempt in 0.. {
             let response = http
                 .post(format!(
@@ -209,23 +216,27 @@ async fn place(
                 .and_then(|v| v.parse::<u64>().ok());
             let answer: Value = response.json().await?;
             let mut tally = tally.lock().await;
+            maybe_booked |= answer["code"] == "outcome_unknown";
             match status {
                 StatusCode::CREATED => {
                     tally.placed += 1;
                     tally.latencies.push(started.elapsed());
                     return Ok(());
                 }
-                StatusCode::SERVICE_UNAVAILABLE if attempt >= 5 => {
-                    // The last attempt may still have taken effect: trying
-                    // another slot under the same id could book twice.
+                _ if answer["retryable"] == true && attempt >= 5 && maybe_booked => {
+                    // It may have booked this slot: another slot could
+                    // book twice. What became of it is asked later.
                     tally.unresolved += 1;
                     return Ok(());
                 }
-                StatusCode::SERVICE_UNAVAILABLE => {
+                // Never decided: nothing was booked, so the next slot is
+                // safe to try.
+                _ if answer["retryable"] == true && attempt >= 5 => break,
+                _ if answer["retryable"] == true => {
                     tally.retries += 1;
                     drop(tally);
-                    // Same reservation id: if the first attempt did take
-                    // effect, the retry answers its outcome.
+                    // Same reservation id: if an attempt did take effect,
+                    // the retry answers its outcome.
                     tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
                 }
                 _ => {
