@@ -165,6 +165,13 @@ async fn rebuild(
 ) -> Result<std::result::Result<(View, Option<View>), String>> {
     let id = pool.id.as_str();
     let config = pool.config.get();
+    // Read before the events, so that the history replayed below reaches
+    // it even while the pool takes commands.
+    let snapshot = runtime
+        .journal()
+        .latest_snapshot(&pool.id, candidate.info().state_version)
+        .await
+        .map_err(Error::Journal)?;
     let mut new = match LivePool::create(candidate, id, config) {
         Ok(Ok(live)) => live,
         Ok(Err(problem)) => return Ok(Err(format!("it refuses the pool's config: {problem}"))),
@@ -210,7 +217,8 @@ async fn rebuild(
         Ok(view) => view,
         Err(error) => return Ok(Err(format!("its view failed: {error}"))),
     };
-    if let Err(reason) = restored_agrees(runtime, pool, candidate, &new_view).await? {
+    let replayed = (seq, &new_view);
+    if let Err(reason) = restored_agrees(runtime, pool, candidate, snapshot, replayed).await? {
         return Ok(Err(reason));
     }
     let old_view = old.and_then(|mut live| live.view().ok());
@@ -218,23 +226,22 @@ async fn rebuild(
 }
 
 /// Whether the pool's latest snapshot in the candidate's state version,
-/// restored by the candidate and followed by the later events, gives the
-/// state its whole history gives (`replayed`). A build that changed its
-/// state's layout without a new `STATE_VERSION` would restore such a
-/// snapshot to garbage, and decide on it.
+/// restored by the candidate and followed by the later events up to
+/// `end`, gives the state its whole history up to `end` gives (`replayed`).
+/// A build that changed its state's layout without a new `STATE_VERSION`
+/// would restore such a snapshot to garbage, and decide on it.
 async fn restored_agrees(
     runtime: &Runtime,
     pool: &PoolRecord,
     candidate: &Arc<Plugin>,
-    replayed: &View,
+    snapshot: Option<crate::journal::StoredSnapshot>,
+    (end, replayed): (SeqNr, &View),
 ) -> Result<std::result::Result<(), String>> {
     let journal = runtime.journal();
     let state_version = candidate.info().state_version;
-    let Some(stored) = journal
-        .latest_snapshot(&pool.id, state_version)
-        .await
-        .map_err(Error::Journal)?
-    else {
+    // A snapshot past the history replayed (written meanwhile) cannot be
+    // compared with it.
+    let Some(stored) = snapshot.filter(|s| s.seq_nr <= end) else {
         return Ok(Ok(()));
     };
     let at = stored.seq_nr;
@@ -263,7 +270,7 @@ async fn restored_agrees(
         if page.is_empty() {
             break;
         }
-        for event in &page {
+        for event in page.iter().filter(|e| e.seq_nr <= end) {
             if let Err(error) = live.replay(&event.payload) {
                 return Ok(Err(unlike(format!(
                     "cannot take event {} after it: {error}",
@@ -271,6 +278,9 @@ async fn restored_agrees(
                 ))));
             }
             seq = event.seq_nr;
+        }
+        if page.last().is_some_and(|e| e.seq_nr >= end) {
+            break;
         }
         if live.checkpoint().is_err() {
             return Ok(Err(unlike("fails to snapshot again".to_owned())));
