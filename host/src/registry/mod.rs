@@ -250,14 +250,10 @@ impl Registry {
         activated_by: &str,
         force: bool,
     ) -> Result<(Activation, Report)> {
-        let digest = digest.to_owned();
-        self.switch(
-            runtime,
-            capacity_type,
-            activated_by,
-            move |_, _| async move { Ok((digest, "activate", force)) },
-        )
-        .await
+        let target = Target::Version(digest.to_owned());
+        self.switch(runtime, capacity_type, activated_by, target, force)
+            .await
+            .map(|switched| switched.expect("an activation always switches"))
     }
 
     /// Makes active again the version that was active before the current
@@ -275,51 +271,75 @@ impl Registry {
             runtime,
             capacity_type,
             activated_by,
-            move |registry, capacity_type| async move {
-                let previous = registry.previous(&capacity_type).await?;
-                Ok((previous, "rollback", force))
-            },
+            Target::Previous,
+            force,
         )
         .await
+        .map(|switched| switched.expect("a rollback always switches"))
+    }
+
+    /// Undoes the activation of `digest` because a live pool cannot move to
+    /// it (on this node, after another node activated it): the version
+    /// active before it is active again, on every node. Nothing is done
+    /// if `digest` is no longer the active version.
+    pub async fn undo(
+        &self,
+        runtime: &Runtime,
+        capacity_type: &str,
+        digest: &str,
+        why: &str,
+    ) -> Result<Option<Activation>> {
+        let target = Target::PreviousOf(digest.to_owned());
+        let switched = self
+            .switch(runtime, capacity_type, why, target, true)
+            .await?;
+        Ok(switched.map(|(activation, _)| activation))
     }
 
     /// Switches a type's active version under the type's lock, in a task
     /// of its own: it finishes, and lets go of the lock, whatever becomes
     /// of its caller (a client that disconnects half-way cannot leave the
-    /// type half-switched or its lock held). `which` names the version,
-    /// once the lock is held.
-    async fn switch<F, W>(
+    /// type half-switched or its lock held). The version `target` names is
+    /// found once the lock is held; `None` when there is nothing to do.
+    async fn switch(
         &self,
         runtime: &Runtime,
         capacity_type: &str,
         activated_by: &str,
-        which: W,
-    ) -> Result<(Activation, Report)>
-    where
-        W: FnOnce(Registry, String) -> F + Send + 'static,
-        F: Future<Output = Result<(String, &'static str, bool)>> + Send,
-    {
+        target: Target,
+        force: bool,
+    ) -> Result<Option<(Activation, Report)>> {
         let (registry, runtime) = (self.clone(), runtime.clone());
         let (capacity_type, activated_by) = (capacity_type.to_owned(), activated_by.to_owned());
         let task = tokio::spawn(async move {
             let lock = TypeLock::take(&registry.db, &capacity_type).await?;
-            let result = match which(registry.clone(), capacity_type.clone()).await {
-                Ok((digest, kind, force)) => {
-                    registry
-                        .switch_locked(
-                            &runtime,
-                            &capacity_type,
-                            &digest,
-                            &activated_by,
-                            kind,
-                            force,
-                        )
-                        .await
-                }
-                Err(error) => Err(error),
-            };
+            let switched = async {
+                let (digest, kind) = match target {
+                    Target::Version(digest) => (digest, "activate"),
+                    Target::Previous => (registry.previous(&capacity_type).await?, "rollback"),
+                    Target::PreviousOf(digest) => {
+                        let active = registry.active_version(&capacity_type).await?;
+                        if active.as_deref() != Some(digest.as_str()) {
+                            return Ok(None);
+                        }
+                        (registry.previous(&capacity_type).await?, "rollback")
+                    }
+                };
+                registry
+                    .switch_locked(
+                        &runtime,
+                        &capacity_type,
+                        &digest,
+                        &activated_by,
+                        kind,
+                        force,
+                    )
+                    .await
+                    .map(Some)
+            }
+            .await;
             lock.release().await;
-            result
+            switched
         });
         task.await.map_err(|e| Error::Stopped(e.to_string()))?
     }
@@ -369,40 +389,6 @@ impl Registry {
             reason,
             restored,
         })
-    }
-
-    /// Undoes the activation of `digest` because a live pool cannot move to
-    /// it (on this node, after another node activated it): the version
-    /// active before it is active again, on every node. Nothing is done
-    /// if `digest` is no longer the active version.
-    pub async fn undo(
-        &self,
-        runtime: &Runtime,
-        capacity_type: &str,
-        digest: &str,
-        why: &str,
-    ) -> Result<Option<Activation>> {
-        let (registry, runtime) = (self.clone(), runtime.clone());
-        let (capacity_type, digest, why) =
-            (capacity_type.to_owned(), digest.to_owned(), why.to_owned());
-        // Like an activation, to its end whatever becomes of the caller.
-        let task = tokio::spawn(async move {
-            let lock = TypeLock::take(&registry.db, &capacity_type).await?;
-            let undone = async {
-                if registry.active_version(&capacity_type).await?.as_deref() != Some(&digest) {
-                    return Ok(None);
-                }
-                let previous = registry.previous(&capacity_type).await?;
-                let (activation, _) = registry
-                    .switch_locked(&runtime, &capacity_type, &previous, &why, "rollback", true)
-                    .await?;
-                Ok(Some(activation))
-            }
-            .await;
-            lock.release().await;
-            undone
-        });
-        task.await.map_err(|e| Error::Stopped(e.to_string()))?
     }
 
     /// The version that was active before the current one.
@@ -658,6 +644,16 @@ impl Registry {
             }
         }))
     }
+}
+
+/// Which version a switch makes active.
+enum Target {
+    /// This one.
+    Version(String),
+    /// The one active before the current one.
+    Previous,
+    /// The one active before this one, if this one is still active.
+    PreviousOf(String),
 }
 
 /// The cluster-wide lock on changing a capacity type's active version: a
